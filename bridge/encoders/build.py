@@ -1,0 +1,331 @@
+"""Encode a large input set into a cache, in resumable chunks; and read the inputs.
+
+:func:`build_cache` encodes ``chunk_size`` items at a time and writes each finished chunk
+atomically to ``out_dir/parts/part-NNNNNN.npy``. If the run stops (a crash, Ctrl-C, a
+job time limit), running the same call again skips every finished chunk. When all
+chunks are there they are assembled into the cache folder ``out_dir`` with
+:func:`bridge.store.save_cache` (which swaps the folder in atomically, so ``parts/``
+disappears with it).
+
+Input helpers: :func:`read_lines` (a plain or gzipped text file, one item a line),
+:func:`list_files` / :func:`list_audio_files` / :func:`list_image_files` (a folder,
+sorted by name) and :func:`read_csv_items` (ids and items from CSV columns).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BridgeError, CorruptFile, DimensionMismatch, EmptyData
+from ..store import (
+    Cache,
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_cache,
+    save_cache,
+)
+
+__all__ = [
+    "build_cache",
+    "read_lines",
+    "list_files",
+    "list_audio_files",
+    "list_image_files",
+    "read_csv_items",
+    "AUDIO_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+]
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aiff", ".aif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+_PARTS = "parts"
+_MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------------------
+# resumable encoding
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for k in ids:
+        h.update(k.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _encoder_info(encoder) -> dict:
+    describe = getattr(encoder, "describe", None)
+    if callable(describe):
+        return dict(describe())
+    return {
+        "encoder": getattr(encoder, "name", type(encoder).__name__),
+        "modality": getattr(encoder, "modality", None),
+        "dim": getattr(encoder, "dim", None),
+    }
+
+
+def _part_path(parts: Path, k: int) -> Path:
+    return parts / f"part-{k:06d}.npy"
+
+
+def _read_part(path: Path, rows: int) -> np.ndarray | None:
+    """A finished chunk, or None when it is missing or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if x.ndim != 2 or x.shape[0] != rows:
+        return None
+    return x
+
+
+def build_cache(
+    encoder,
+    items,
+    ids,
+    out_dir: str | os.PathLike,
+    chunk_size: int = 256,
+    groups=None,
+    meta: dict | None = None,
+    progress: bool = True,
+    batch_size: int | None = None,
+    dtype: str = "float16",
+    overwrite: bool = False,
+) -> Cache:
+    """Encode ``items`` with ``encoder`` into the cache folder ``out_dir``, resumably.
+
+    ``encoder`` is an :class:`~bridge.encoders.Encoder` (or any object with
+    ``encode(items, batch_size=..., progress=...)``); ``ids[i]`` names row ``i``;
+    ``groups`` (optional, one per row) keeps rows together when splitting; ``meta`` is
+    merged over the encoder's description (name, modality, dim, model) in the cache's
+    ``meta.json``. Rows are stored as ``dtype``.
+
+    Finished chunks of ``chunk_size`` items are kept under ``out_dir/parts/``; calling
+    again with the same encoder name, ids and ``chunk_size`` encodes only the chunks
+    that are missing. Parts left by a different input set are discarded. If ``out_dir``
+    already holds a finished cache for the same ids it is returned as is, unless
+    ``overwrite=True``. Returns the cache read back from ``out_dir``.
+    """
+    if isinstance(items, (str, bytes, os.PathLike)):
+        raise TypeError("items must be a list of inputs, not a single string or path")
+    if not isinstance(items, (Sequence, np.ndarray)):
+        items = list(items)
+    ids = [str(k) for k in ids]
+    n = len(items)
+    if n == 0:
+        raise EmptyData("build_cache: no items to encode")
+    if len(ids) != n:
+        raise DimensionMismatch(f"build_cache: {n} items but {len(ids)} ids; expected one id per item")
+    if groups is not None:
+        groups = [str(g) for g in groups]
+        if len(groups) != n:
+            raise DimensionMismatch(f"build_cache: {n} items but {len(groups)} groups")
+    chunk_size = int(chunk_size)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+
+    out_dir = Path(out_dir)
+    info = _encoder_info(encoder)
+    manifest = {
+        "encoder": info.get("encoder"),
+        "model": info.get("model"),
+        "rows": n,
+        "chunk_size": chunk_size,
+        "ids": _ids_digest(ids),
+    }
+    if not overwrite and (out_dir / "embeddings.npy").exists():
+        done = _finished_cache(out_dir, ids, manifest)
+        if done is not None:
+            return done
+
+    parts = out_dir / _PARTS
+    man_path = parts / _MANIFEST
+    if parts.exists():
+        old = None
+        try:
+            old = json.loads(man_path.read_text())
+        except (OSError, ValueError):
+            pass
+        if old != manifest:
+            warnings.warn(
+                f"discarding unfinished parts in {parts}: they were made for another "
+                "encoder, id list or chunk size",
+                stacklevel=2,
+            )
+            shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(man_path, manifest)
+
+    n_chunks = -(-n // chunk_size)
+    bounds = [(k * chunk_size, min(n, (k + 1) * chunk_size)) for k in range(n_chunks)]
+    todo = [k for k, (a, b) in enumerate(bounds) if _read_part(_part_path(parts, k), b - a) is None]
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=n, initial=n - sum(bounds[k][1] - bounds[k][0] for k in todo),
+            desc=f"encoding {info.get('encoder')}", unit="row",
+        )
+    dim = None
+    try:
+        for k in todo:
+            a, b = bounds[k]
+            x = np.asarray(encoder.encode(items[a:b], batch_size=batch_size, progress=False))
+            if x.ndim != 2 or x.shape[0] != b - a:
+                raise BridgeError(
+                    f"encoder {info.get('encoder')!r} returned shape {x.shape} for {b - a} items"
+                )
+            if dim is not None and x.shape[1] != dim:
+                raise DimensionMismatch(f"chunk {k} has dimension {x.shape[1]}, earlier ones {dim}")
+            dim = x.shape[1]
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
+            atomic_write_bytes(_part_path(parts, k), buf.getvalue())
+            if bar is not None:
+                bar.update(b - a)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    chunks = []
+    for k, (a, b) in enumerate(bounds):
+        x = _read_part(_part_path(parts, k), b - a)
+        if x is None:  # only if a part vanished while we ran
+            raise CorruptFile(f"part {_part_path(parts, k)} is missing or unreadable; run again")
+        chunks.append(x)
+    emb = np.concatenate(chunks, axis=0)
+    dims = {c.shape[1] for c in chunks}
+    if len(dims) != 1:
+        raise DimensionMismatch(f"parts in {parts} have different dimensions {sorted(dims)}")
+
+    m = {**{k: v for k, v in info.items() if v is not None}, "dim": int(emb.shape[1])}
+    m["build"] = manifest
+    m.update(meta or {})
+    m.setdefault("name", out_dir.name)
+    cache = Cache(ids=ids, emb=emb, meta=m, groups=groups)
+    # save_cache picks the format from the suffix, and a cache folder may well be named
+    # "en.minilm": write the folder format inside a temporary directory, then swap that
+    # directory in for out_dir (which drops parts/ with it).
+    with atomic_dir(out_dir) as tmp:
+        save_cache(tmp / "cache", cache, dtype=dtype)
+        for f in (tmp / "cache").iterdir():
+            os.replace(f, tmp / f.name)
+        (tmp / "cache").rmdir()
+    shutil.rmtree(parts, ignore_errors=True)
+    return load_cache(out_dir)
+
+
+def _finished_cache(out_dir: Path, ids: list[str], manifest: dict) -> Cache | None:
+    try:
+        cache = load_cache(out_dir)
+    except CorruptFile:
+        return None
+    built = cache.meta.get("build")
+    if built == manifest or (built is None and list(cache.ids) == ids):
+        return cache
+    return None
+
+
+# ---------------------------------------------------------------------------
+# inputs
+
+
+def read_lines(path: str | os.PathLike, limit: int | None = None, encoding: str = "utf-8") -> list[str]:
+    """Lines of a text file (gzipped when it ends in ``.gz``), without line endings.
+
+    Empty lines are kept: line ``i`` is row ``i``, which keeps parallel files aligned.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CorruptFile(f"text file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    out: list[str] = []
+    try:
+        with opener(path, "rt", encoding=encoding, newline="") as fh:
+            for line in fh:
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(line.rstrip("\r\n"))
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise CorruptFile(f"cannot read {path}: {e}") from e
+    return out
+
+
+def list_files(
+    folder: str | os.PathLike, extensions: Sequence[str] | None = None, recursive: bool = False
+) -> list[Path]:
+    """Files of ``folder`` (optionally recursive) with one of ``extensions`` (any case),
+    sorted by their path relative to ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CorruptFile(f"folder not found: {folder}")
+    exts = None if extensions is None else {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    files = [p for p in it if p.is_file() and not p.name.startswith(".")]
+    if exts is not None:
+        files = [p for p in files if p.suffix.lower() in exts]
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def list_audio_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Audio files of ``folder`` sorted by name (ids: ``[p.name for p in files]``)."""
+    return list_files(folder, AUDIO_EXTENSIONS, recursive)
+
+
+def list_image_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files of ``folder`` sorted by name."""
+    return list_files(folder, IMAGE_EXTENSIONS, recursive)
+
+
+def read_csv_items(
+    path: str | os.PathLike,
+    id_column: str,
+    item_column: str | None = None,
+    base_dir: str | os.PathLike | None = None,
+    delimiter: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """``(ids, items)`` from two columns of a CSV/TSV file with a header line.
+
+    ``item_column`` defaults to ``id_column``. With ``base_dir``, relative items are
+    joined to it (a column of file names becomes paths). The delimiter defaults to a tab
+    for ``.tsv`` files and a comma otherwise.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CorruptFile(f"CSV file not found: {path}")
+    item_column = item_column or id_column
+    if delimiter is None:
+        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    opener = gzip.open if path.suffix == ".gz" else open
+    ids, items = [], []
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        cols = reader.fieldnames or []
+        for col in (id_column, item_column):
+            if col not in cols:
+                raise CorruptFile(f"{path} has no column {col!r}; columns: {cols}")
+        for row in reader:
+            ids.append(row[id_column])
+            item = row[item_column]
+            if base_dir is not None and not os.path.isabs(item):
+                item = os.path.join(os.fspath(base_dir), item)
+            items.append(item)
+    return ids, items

@@ -1,0 +1,523 @@
+"""The modality graph: embedding spaces as nodes, trained translators as edges.
+
+Built on :class:`networkx.DiGraph`. Node attributes: ``cache`` (a
+:class:`~bridge.store.Cache` or None), ``modality``, ``language``, ``encoder``, ``dim``.
+Edge attributes: ``translator`` (fitted), ``metrics`` (held-out figures: ``val_R@1``,
+``val_cos``, ``test_R@1``, ``test_cos``, sizes), ``cost`` (planner cost from the
+validation R@1, see :func:`bridge.planner.edge_cost`) and ``split`` (how pairs were split).
+
+Node names follow ``modality[:language]@encoder`` (``text:de@e5``, ``audio@aisfx``); the
+parts fill the node attributes unless they are given explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from .errors import (
+    BridgeError,
+    CorruptFile,
+    DimensionMismatch,
+    DuplicateNode,
+    NoPairs,
+    UnknownNode,
+)
+from .planner import Route, edge_cost, k_best_routes, route_cost
+from .store import (
+    Cache,
+    Pairs,
+    atomic_dir,
+    check_embeddings,
+    load_cache,
+    pair_by_ids,
+    pair_table,
+    save_cache,
+    split_groups,
+)
+
+__all__ = ["ModalityGraph", "load_graph", "parse_node_name"]
+
+FORMAT = "modality-bridge-graph"
+FORMAT_VERSION = 1
+
+
+def parse_node_name(name: str) -> dict:
+    """``"text:de@e5"`` -> ``{"modality": "text", "language": "de", "encoder": "e5"}``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"node name must be a non-empty string, got {name!r}")
+    space, _, encoder = name.partition("@")
+    modality, _, language = space.partition(":")
+    return {"modality": modality or None, "language": language or None, "encoder": encoder or None}
+
+
+def pair_components(pairs: Pairs) -> np.ndarray:
+    """Label each pair by its connected component in the bipartite pair graph.
+
+    Pairs that share a row on either side share a label: the five captions of one image,
+    the clips of one class. Training treats rows of one label as positives of each other.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ua, ia = np.unique(pairs.a_rows, return_inverse=True)
+    ub, ib = np.unique(pairs.b_rows, return_inverse=True)
+    n = ua.shape[0] + ub.shape[0]
+    m = coo_matrix((np.ones(len(pairs)), (ia, ua.shape[0] + ib)), shape=(n, n))
+    _, comp = connected_components(m, directed=False)
+    return comp[ia]
+
+
+class ModalityGraph:
+    """Embedding spaces linked by trained translators; plans and runs multi-hop routes.
+
+    Parameters
+    ----------
+    fractions : (train, val, test) fractions used to split paired groups of every edge.
+    seed : seed of the group split and of training.
+    """
+
+    def __init__(self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0):
+        self.G = nx.DiGraph()
+        self.fractions = tuple(float(f) for f in fractions)
+        self.seed = int(seed)
+
+    # ------------------------------------------------------------------ nodes
+    def __contains__(self, name) -> bool:
+        return name in self.G
+
+    def __len__(self) -> int:
+        return self.G.number_of_nodes()
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.G.nodes)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        return list(self.G.edges)
+
+    def node(self, name: str) -> dict:
+        self._check_node(name)
+        return self.G.nodes[name]
+
+    def cache(self, name: str) -> Cache:
+        c = self.node(name).get("cache")
+        if c is None:
+            raise BridgeError(f"node {name!r} holds no embeddings (its cache was not loaded)")
+        return c
+
+    def _check_node(self, *names):
+        for n in names:
+            if n not in self.G:
+                raise UnknownNode(n, self.G.nodes)
+
+    def add_node(self, name: str, cache: Cache | str | Path | np.ndarray | None = None,
+                 dim: int | None = None, **attrs) -> None:
+        """Add a node without training anything (``add_modality`` without ``link_to``)."""
+        if name in self.G:
+            raise DuplicateNode(f"node {name!r} is already in the graph; remove it first or pick another name")
+        cache = _as_cache(cache, name)
+        if cache is not None:
+            if dim is not None and dim != cache.dim:
+                raise DimensionMismatch(f"node {name!r}: dim={dim} given but its cache has dimension {cache.dim}")
+            dim = cache.dim
+        if dim is None:
+            raise ValueError(f"node {name!r}: give a cache or its dimension")
+        info = parse_node_name(name)
+        if cache is not None:
+            for k in ("modality", "language", "encoder"):
+                if cache.meta.get(k) is not None and info.get(k) is None:
+                    info[k] = cache.meta[k]
+        info.update({k: v for k, v in attrs.items() if v is not None})
+        self.G.add_node(name, cache=cache, dim=int(dim), **info)
+
+    def add_modality(self, name: str, cache, link_to: str | Sequence[str] | None = None,
+                     translator="mlp", loss: str | None = None, directions: str = "both",
+                     pairs=None, splits: dict | None = None, cycle_weight: float = 0.0,
+                     modality: str | None = None, language: str | None = None,
+                     encoder: str | None = None, **fit_options) -> dict:
+        """Add a node and, when ``link_to`` names one node (or several), train its edges.
+
+        Every edge is trained and scored before the node enters the graph: if anything
+        fails, the graph is unchanged. Returns ``{(src, dst): metrics}`` for new edges.
+        Other arguments are those of :meth:`connect`.
+        """
+        if name in self.G:
+            raise DuplicateNode(f"node {name!r} is already in the graph; remove it first or pick another name")
+        targets = [] if link_to is None else [link_to] if isinstance(link_to, str) else list(link_to)
+        self._check_node(*targets)
+        staged = ModalityGraph(self.fractions, self.seed)
+        staged.G = self.G.copy()  # shallow: translators and caches are shared, not copied
+        staged.add_node(name, cache, modality=modality, language=language, encoder=encoder)
+        reports = {}
+        for t in targets:
+            reports.update(staged.connect(name, t, translator=translator, loss=loss,
+                                          directions=directions, pairs=pairs, splits=splits,
+                                          cycle_weight=cycle_weight, **fit_options))
+        self.G = staged.G
+        return reports
+
+    def remove_node(self, name: str) -> None:
+        self._check_node(name)
+        self.G.remove_node(name)
+
+    # ------------------------------------------------------------------ edges
+    def pairs(self, a: str, b: str, pairs=None) -> Pairs:
+        """Paired rows of nodes ``a`` and ``b``: by shared ids, or through ``pairs``
+        (a :class:`Pairs`, a list of ``(id_a, id_b)`` or a path to a CSV/TSV table)."""
+        ca, cb = self.cache(a), self.cache(b)
+        if pairs is None:
+            return pair_by_ids(ca, cb)
+        if isinstance(pairs, Pairs):
+            return pairs
+        return pair_table(ca, cb, pairs)
+
+    def split(self, pairs: Pairs, splits: dict | None = None) -> dict[str, np.ndarray]:
+        """Train/val/test indices into ``pairs``, by group (see :func:`split_groups`), or
+        from ``splits = {"train": groups, "val": groups, "test": groups}``."""
+        if splits is None:
+            return split_groups(pairs.groups, self.fractions, self.seed)
+        out = {}
+        for key in ("train", "val", "test"):
+            wanted = set(map(str, splits.get(key, ())))
+            out[key] = np.flatnonzero(np.isin(pairs.groups, list(wanted)))
+        return out
+
+    def connect(self, a: str, b: str, translator="mlp", loss: str | None = None,
+                directions: str = "both", pairs=None, splits: dict | None = None,
+                cycle_weight: float = 0.0, **fit_options) -> dict:
+        """Train translator edge(s) between existing nodes ``a`` and ``b``.
+
+        ``translator`` is a kind (``"linear"``, ``"procrustes"``, ``"mlp"``,
+        ``"relative"``) or an unfitted :class:`~bridge.translators.Translator` to clone;
+        ``loss`` and ``fit_options`` go to it (``loss`` only for ``"mlp"``).
+        ``directions`` is ``"both"``, ``"forward"`` (a -> b) or ``"backward"`` (b -> a).
+        With ``directions="both"``, an MLP and ``cycle_weight > 0``, both directions are
+        trained together with a cycle-consistency term. Returns ``{(src, dst): metrics}``.
+        """
+        from .translators import make_translator
+
+        self._check_node(a, b)
+        if directions not in ("both", "forward", "backward"):
+            raise ValueError(f"directions must be 'both', 'forward' or 'backward', got {directions!r}")
+        P = self.pairs(a, b, pairs)
+        idx = self.split(P, splits)
+        for key in ("train", "val"):
+            if idx[key].size == 0:
+                raise NoPairs(
+                    f"edge {a!r} -> {b!r}: the {key} split holds no pairs "
+                    f"({len(P)} pairs in {len(np.unique(P.groups))} groups); "
+                    "more paired groups are needed"
+                )
+        labels = pair_components(P)
+        ca, cb = self.cache(a), self.cache(b)
+        params = dict(fit_options)
+        if loss is not None:
+            params["loss"] = loss
+        todo = [(a, b, P)] if directions != "backward" else []
+        if directions in ("both", "backward"):
+            todo.append((b, a, P.reversed()))
+        split_info = {"fractions": list(self.fractions), "seed": self.seed,
+                      "given": splits is not None,
+                      **{f"n_{k}": int(v.size) for k, v in idx.items()}}
+        fitted = {}
+        kind = translator if isinstance(translator, str) else getattr(translator, "kind", None)
+        if directions == "both" and cycle_weight > 0:
+            if kind != "mlp":
+                raise ValueError("cycle_weight needs translator='mlp' (both directions trained together)")
+            fitted = self._fit_pair_with_cycle(a, b, P, idx, labels, translator, params, cycle_weight)
+        else:
+            for src, dst, Q in todo:
+                cs, cd = self.cache(src), self.cache(dst)
+                T = make_translator(translator, **params)
+                tr, va = idx["train"], idx["val"]
+                T.fit(cs.vectors(Q.a_rows[tr]), cd.vectors(Q.b_rows[tr]),
+                      cs.vectors(Q.a_rows[va]), cd.vectors(Q.b_rows[va]),
+                      labels=labels[tr], labels_val=labels[va])
+                fitted[(src, dst)] = (T, Q)
+        reports = {}
+        for (src, dst), (T, Q) in fitted.items():
+            metrics = self._edge_metrics(T, Q, idx, labels, src, dst)
+            self._put_edge(src, dst, T, metrics, split_info)
+            reports[(src, dst)] = metrics
+        return reports
+
+    def _fit_pair_with_cycle(self, a, b, P, idx, labels, translator, params, cycle_weight):
+        from .training import train
+        from .translators import make_translator
+
+        ca, cb = self.cache(a), self.cache(b)
+        tr, va = idx["train"], idx["val"]
+        Xa, Xb = ca.vectors(P.a_rows[tr]), cb.vectors(P.b_rows[tr])
+        Va, Vb = ca.vectors(P.a_rows[va]), cb.vectors(P.b_rows[va])
+        fwd = make_translator(translator, **params)
+        bwd = make_translator(translator, **params)
+        fwd.in_dim_, fwd.out_dim_ = Xa.shape[1], Xb.shape[1]
+        bwd.in_dim_, bwd.out_dim_ = Xb.shape[1], Xa.shape[1]
+        fwd.net_, bwd.net_ = fwd.init_network(Xa, Xb), bwd.init_network(Xb, Xa)
+        r1, r2 = train(fwd.net_, Xa, Xb, Va, Vb, labels=labels[tr], labels_val=labels[va],
+                       reverse=bwd.net_, cycle_weight=cycle_weight, **fwd._train_options())
+        for T, r in ((fwd, r1), (bwd, r2)):
+            T.net_.cpu().eval()
+            T.fit_report_ = {**r.to_dict(), "cycle_weight": cycle_weight, "n_train": int(tr.size)}
+        return {(a, b): (fwd, P), (b, a): (bwd, P.reversed())}
+
+    def _edge_metrics(self, T, Q: Pairs, idx, labels, src, dst) -> dict:
+        from .metrics import paired_retrieval
+
+        cs, cd = self.cache(src), self.cache(dst)
+        out = {"n_train": int(idx["train"].size)}
+        for key in ("val", "test"):
+            rows = idx[key]
+            if rows.size == 0:
+                continue
+            m = paired_retrieval(T.transform(cs.vectors(Q.a_rows[rows])),
+                                 cd.vectors(Q.b_rows[rows]), labels[rows])
+            out[f"{key}_R@1"] = m["R@1"]
+            out[f"{key}_cos"] = m["cos"]
+            out[f"n_{key}"] = int(rows.size)
+        return out
+
+    def add_edge(self, a: str, b: str, translator, metrics: dict | None = None) -> None:
+        """Put an already fitted translator on edge ``a -> b``."""
+        self._check_node(a, b)
+        translator._check_fitted()
+        for node, dim, side in ((a, translator.in_dim_, "input"), (b, translator.out_dim_, "output")):
+            if self.G.nodes[node]["dim"] != dim:
+                raise DimensionMismatch(
+                    f"translator {side} dimension {dim} does not match node {node!r} "
+                    f"(dimension {self.G.nodes[node]['dim']})"
+                )
+        self._put_edge(a, b, translator, dict(metrics or {}), {})
+
+    def _put_edge(self, a, b, T, metrics, split_info):
+        self.G.add_edge(a, b, translator=T, metrics=metrics, cost=edge_cost(metrics),
+                        kind=T.kind, split=split_info)
+
+    def edge(self, a: str, b: str) -> dict:
+        self._check_node(a, b)
+        if not self.G.has_edge(a, b):
+            raise BridgeError(f"no edge {a!r} -> {b!r}; edges from {a!r}: {sorted(self.G.successors(a))}")
+        return self.G.edges[a, b]
+
+    def translator(self, a: str, b: str):
+        return self.edge(a, b)["translator"]
+
+    # ------------------------------------------------------------------ routes
+    def route(self, src: str, dst: str, k: int = 1, weight="cost"):
+        """The cheapest route (``k=1``), or a list of the ``k`` cheapest, cheapest first."""
+        routes = k_best_routes(self.G, src, dst, k=k, weight=weight)
+        return routes[0] if k == 1 else routes
+
+    def _as_route(self, route) -> Route:
+        if isinstance(route, Route):
+            return route
+        nodes = tuple(route)
+        self._check_node(*nodes)
+        if len(nodes) == 2 and not self.G.has_edge(*nodes) and nodes[0] != nodes[1]:
+            return self.route(*nodes)
+        cost, costs = route_cost(self.G, nodes)
+        return Route(nodes, cost, costs)
+
+    def translate(self, x, route, k: int = 1, combine: str = "mean") -> np.ndarray:
+        """Translate rows ``x`` along ``route``.
+
+        ``route`` is a :class:`Route`, a list of nodes, or ``(src, dst)`` (the planner picks
+        the cheapest route). With ``k > 1`` and ``(src, dst)``, the ``k`` cheapest routes are
+        run and their L2-normalised outputs averaged (``combine="mean"``) or averaged with
+        weights ``exp(-cost)`` (``combine="weighted"``).
+        """
+        if k > 1:
+            nodes = route.nodes if isinstance(route, Route) else tuple(route)
+            routes = self.route(nodes[0], nodes[-1], k=k)
+            outs = [_unit(self.translate(x, r)) for r in routes]
+            if combine == "mean":
+                w = np.ones(len(routes))
+            elif combine == "weighted":
+                w = np.exp(-np.array([r.cost for r in routes]))
+            else:
+                raise ValueError(f"combine must be 'mean' or 'weighted', got {combine!r}")
+            w = w / w.sum()
+            return sum(wi * o for wi, o in zip(w, outs)).astype(np.float32)
+        r = self._as_route(route)
+        x = check_embeddings(x, "x", dim=self.G.nodes[r.src]["dim"])
+        out = np.asarray(x, dtype=np.float32)
+        for u, v in r.edges:
+            out = self.G.edges[u, v]["translator"].transform(out)
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def test_rows(self, name: str) -> np.ndarray:
+        """Rows of a node whose group falls in the test split (the same rule as edges)."""
+        c = self.cache(name)
+        return split_groups(c.group_of_rows(), self.fractions, self.seed)["test"]
+
+    def walk(self, nodes: Sequence[str], rows=None) -> dict:
+        """Run rows of ``nodes[0]`` along the walk ``nodes`` and score every step.
+
+        ``rows`` defaults to the test rows of the first node. Returns the per-sample
+        reconstruction loss ``1 - cos(x, x_end)`` with mean and median (when the walk is
+        closed), the cycle R@1 (the end point retrieves its own start among all rows
+        used), and for every hop whose true target rows are known (shared ids), that
+        hop's own mean cosine and R@1 against the true embeddings.
+        """
+        from .metrics import paired_retrieval, reconstruction_loss
+
+        nodes = list(nodes)
+        if len(nodes) < 2:
+            raise ValueError(f"a walk needs at least two nodes, got {nodes}")
+        self._check_node(*nodes)
+        for u, v in zip(nodes[:-1], nodes[1:]):
+            if not self.G.has_edge(u, v):
+                raise BridgeError(f"walk step {u!r} -> {v!r} has no edge; use route() to plan one")
+        c0 = self.cache(nodes[0])
+        rows = self.test_rows(nodes[0]) if rows is None else np.asarray(rows)
+        ids = c0.ids[rows]
+        x0 = c0.vectors(rows)
+        out = x0
+        hops = []
+        for u, v in zip(nodes[:-1], nodes[1:]):
+            out = self.G.edges[u, v]["translator"].transform(out)
+            hop = {"src": u, "dst": v}
+            cv = self.G.nodes[v].get("cache")
+            if cv is not None:
+                idx = cv.index()
+                have = np.array([k in idx for k in ids])
+                if have.any():
+                    true = cv.vectors(cv.rows(ids[have]))
+                    m = paired_retrieval(out[have], true, ids[have])
+                    hop.update({"R@1": m["R@1"], "cos": m["cos"], "n": int(have.sum())})
+            hops.append(hop)
+        report = {"nodes": nodes, "n": int(len(rows)), "hops": hops}
+        if nodes[0] == nodes[-1]:
+            rec = reconstruction_loss(x0, out)
+            m = paired_retrieval(out, x0, ids)
+            report.update({"loss_per_sample": rec["per_sample"], "loss_mean": rec["mean"],
+                           "loss_median": rec["median"], "cycle_R@1": m["R@1"]})
+        return report
+
+    def reconstruction(self, walk: Sequence[str], x=None) -> dict:
+        """``1 - cos(x, x_reconstructed)`` per sample around the closed walk ``walk``.
+
+        ``x`` defaults to the test rows of ``walk[0]``. Returns ``per_sample``, ``mean``,
+        ``median``.
+        """
+        from .metrics import reconstruction_loss
+
+        walk = list(walk)
+        if len(walk) < 2 or walk[0] != walk[-1]:
+            raise ValueError(f"a reconstruction walk must start and end at the same node, got {walk}")
+        if x is None:
+            x = self.cache(walk[0]).vectors(self.test_rows(walk[0]))
+        x = check_embeddings(x, "x", dim=self.G.nodes[walk[0]]["dim"])
+        return reconstruction_loss(x, self.translate(x, walk))
+
+    def summary(self) -> dict:
+        """Nodes with their attributes and edges with their metrics and costs (JSON-ready)."""
+        return {
+            "nodes": [{"name": n, **_node_attrs(d)} for n, d in self.G.nodes(data=True)],
+            "edges": [{"src": u, "dst": v, "kind": d["kind"], "cost": d["cost"],
+                       "metrics": d["metrics"]} for u, v, d in self.G.edges(data=True)],
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path, caches: str = "auto") -> Path:
+        """Write the graph to folder ``path`` atomically.
+
+        ``manifest.json`` lists nodes, edges, metrics, cache references and the package
+        version; every edge is a folder ``edges/NNN`` with ``config.json`` and
+        ``model.safetensors``. ``caches``: ``"auto"`` references caches read from a file
+        and copies in-memory ones into ``caches/``; ``"copy"`` copies all; ``"reference"``
+        copies none. If writing fails, the previous graph at ``path`` is left intact.
+        """
+        from . import __version__
+
+        if caches not in ("auto", "copy", "reference"):
+            raise ValueError(f"caches must be 'auto', 'copy' or 'reference', got {caches!r}")
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            nodes = []
+            for i, (n, d) in enumerate(self.G.nodes(data=True)):
+                c = d.get("cache")
+                ref = None
+                if c is not None:
+                    copy = caches == "copy" or (caches == "auto" and c.path is None)
+                    if copy:
+                        rel = f"caches/{i:03d}.safetensors"
+                        save_cache(tmp / rel, c, dtype=c.emb.dtype if c.emb.dtype == np.float16 else "float32")
+                        ref = {"stored": rel}
+                    else:
+                        ref = {"path": str(Path(c.path).resolve()) if c.path else None}
+                nodes.append({"name": n, **_node_attrs(d), "cache": ref})
+            edges = []
+            for i, (u, v, d) in enumerate(self.G.edges(data=True)):
+                rel = f"edges/{i:03d}"
+                d["translator"].save(tmp / rel)
+                edges.append({"src": u, "dst": v, "dir": rel, "kind": d["kind"], "cost": d["cost"],
+                              "metrics": d["metrics"], "split": d.get("split", {})})
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                        "bridge_version": __version__, "fractions": list(self.fractions),
+                        "seed": self.seed, "nodes": nodes, "edges": edges}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return path
+
+
+def _node_attrs(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "cache"}
+
+
+def _unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _as_cache(cache, name) -> Cache | None:
+    if cache is None or isinstance(cache, Cache):
+        return cache
+    if isinstance(cache, (str, Path)):
+        return load_cache(cache)
+    return Cache.from_arrays(check_embeddings(cache, name), meta={"name": name})
+
+
+def load_graph(path, load_caches: bool = True) -> ModalityGraph:
+    """Read a graph written by :meth:`ModalityGraph.save`. Never unpickles anything.
+
+    Caches referenced by path are loaded when the file still exists; otherwise the node
+    is kept without embeddings (it can still translate).
+    """
+    from .translators import load_translator
+
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.exists():
+        raise CorruptFile(f"not a saved graph: {mpath} is missing")
+    try:
+        m = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFile(f"{mpath} is not valid JSON: {e}") from e
+    if m.get("format") != FORMAT:
+        raise CorruptFile(f"{mpath}: format {m.get('format')!r}, expected {FORMAT!r}")
+    g = ModalityGraph(tuple(m.get("fractions", (0.8, 0.1, 0.1))), m.get("seed", 0))
+    try:
+        for nd in m["nodes"]:
+            nd = dict(nd)
+            name, ref = nd.pop("name"), nd.pop("cache", None)
+            cache = None
+            if load_caches and ref:
+                if ref.get("stored"):
+                    cache = load_cache(path / ref["stored"])
+                elif ref.get("path") and Path(ref["path"]).exists():
+                    cache = load_cache(ref["path"])
+            dim = nd.pop("dim")
+            g.add_node(name, cache, dim=dim, **nd)
+        for ed in m["edges"]:
+            T = load_translator(path / ed["dir"])
+            g.add_edge(ed["src"], ed["dst"], T, ed.get("metrics", {}))
+            g.G.edges[ed["src"], ed["dst"]]["split"] = ed.get("split", {})
+    except KeyError as e:
+        raise CorruptFile(f"{mpath}: missing field {e}") from e
+    return g

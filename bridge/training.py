@@ -1,0 +1,233 @@
+"""Minibatch AdamW training of translator networks with early stopping.
+
+:func:`train` fits one network (X -> Y), or two at once (X -> Y and Y -> X) with an
+optional cycle-consistency term. It is seeded and deterministic on CPU, runs on CUDA
+when present, shows a progress bar on request, and returns a :class:`FitReport`.
+Early stopping watches held-out R@1 (ties broken by mean cosine); the weights of the
+best epoch are restored at the end, and epoch 0 (the initial weights) counts as a
+candidate, so a network started from a closed-form solution never ends worse than it
+on the held-out rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .losses import make_loss
+from .metrics import paired_retrieval
+
+__all__ = ["FitReport", "train", "resolve_device"]
+
+
+@dataclass
+class FitReport:
+    """Curves and held-out figures of one training run."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_r1: list[float] = field(default_factory=list)
+    val_cos: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_r1: float = float("nan")
+    best_val_cos: float = float("nan")
+    epochs_run: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    device: str = "cpu"
+    temperature: float | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["val_R@1"] = d["best_val_r1"]
+        d["val_cos"] = d.pop("val_cos")
+        d["val_cos_best"] = d["best_val_cos"]
+        return d
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def _evaluate(model, X, Y, labels, loss_fn, batch=8192):
+    model.eval()
+    preds = torch.cat([model(X[s : s + batch]) for s in range(0, X.shape[0], batch)])
+    m = paired_retrieval(preds.cpu().numpy(), Y.cpu().numpy(),
+                         None if labels is None else labels.cpu().numpy())
+    # loss on a bounded sample so that large validation sets stay cheap
+    k = min(X.shape[0], 1024)
+    vloss = float(loss_fn(preds[:k], Y[:k], None if labels is None else labels[:k]))
+    return m["R@1"], m["cos"], vloss
+
+
+def train(
+    model: torch.nn.Module,
+    X,
+    Y,
+    X_val=None,
+    Y_val=None,
+    labels=None,
+    labels_val=None,
+    loss="infonce+mse",
+    epochs: int = 100,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    patience: int = 8,
+    temperature: float = 0.05,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+    reverse: torch.nn.Module | None = None,
+    cycle_weight: float = 0.0,
+) -> tuple[FitReport, FitReport | None]:
+    """Train ``model`` to map rows of ``X`` onto ``Y`` (and ``reverse`` back, if given).
+
+    ``labels`` (ints, one per row) marks rows that share a target; InfoNCE then treats
+    them all as positives and R@1 is scored against the distinct targets. With
+    ``reverse`` both directions train together on the same batches, and
+    ``cycle_weight > 0`` adds ``1 - cos(reverse(model(x)), x)`` and its mirror to the
+    loss. Returns ``(report, reverse_report or None)``; the models end in ``eval`` mode
+    with their best weights.
+    """
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    def tens(a):
+        return None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32), device=dev)
+
+    def lab(a):
+        if a is None:
+            return None
+        _, inv = np.unique(np.asarray(a), return_inverse=True)
+        return torch.as_tensor(inv, device=dev)
+
+    X, Y, X_val, Y_val = tens(X), tens(Y), tens(X_val), tens(Y_val)
+    labels, labels_val = lab(labels), lab(labels_val)
+    model.to(dev)
+    loss_fn = make_loss(loss, temperature=temperature).to(dev)
+    params = list(model.parameters()) + list(loss_fn.parameters())
+    if reverse is not None:
+        reverse.to(dev)
+        loss_rev = make_loss(loss, temperature=temperature).to(dev)
+        params += list(reverse.parameters()) + list(loss_rev.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+
+    rep = FitReport(device=str(dev))
+    rep_rev = FitReport(device=str(dev)) if reverse is not None else None
+    has_val = X_val is not None
+
+    def score():
+        a = _evaluate(model, X_val, Y_val, labels_val, loss_fn)
+        b = _evaluate(reverse, Y_val, X_val, labels_val, loss_rev) if reverse is not None else None
+        return a, b
+
+    def record(a, b):
+        rep.val_r1.append(a[0]); rep.val_cos.append(a[1]); rep.val_loss.append(a[2])
+        if b is not None:
+            rep_rev.val_r1.append(b[0]); rep_rev.val_cos.append(b[1]); rep_rev.val_loss.append(b[2])
+        r1 = a[0] if b is None else 0.5 * (a[0] + b[0])
+        cos = a[1] if b is None else 0.5 * (a[1] + b[1])
+        return (r1, cos)
+
+    best_key, best_state, best_epoch, bad = None, None, 0, 0
+    if has_val:
+        best_key = record(*score())
+        best_state = _snapshot(model, reverse)
+    n = X.shape[0]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc="training", unit="epoch", leave=False)
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        if reverse is not None:
+            reverse.train()
+        perm = torch.randperm(n, generator=gen).to(dev)
+        total, count = 0.0, 0
+        for s in range(0, n, batch_size):
+            idx = perm[s : s + batch_size]
+            if idx.shape[0] < 2:
+                continue
+            xb, yb = X[idx], Y[idx]
+            lb = None if labels is None else labels[idx]
+            pred = model(xb)
+            loss_v = loss_fn(pred, yb, lb)
+            if reverse is not None:
+                back = reverse(yb)
+                loss_v = loss_v + loss_rev(back, xb, lb)
+                if cycle_weight > 0:
+                    cyc = (1 - F.cosine_similarity(reverse(pred), xb, dim=-1)).mean()
+                    cyc = cyc + (1 - F.cosine_similarity(model(back), yb, dim=-1)).mean()
+                    loss_v = loss_v + cycle_weight * cyc
+            opt.zero_grad(set_to_none=True)
+            loss_v.backward()
+            opt.step()
+            total += float(loss_v.detach()) * idx.shape[0]
+            count += idx.shape[0]
+        sched.step()
+        rep.train_loss.append(total / max(count, 1))
+        if rep_rev is not None:
+            rep_rev.train_loss.append(total / max(count, 1))
+        if has_val:
+            key = record(*score())
+            if key > best_key:
+                best_key, best_state, best_epoch, bad = key, _snapshot(model, reverse), epoch, 0
+            else:
+                bad += 1
+        if bar is not None:
+            bar.update(1)
+            post = {"loss": f"{rep.train_loss[-1]:.4f}"}
+            if has_val:
+                post["val_R@1"] = f"{rep.val_r1[-1]:.3f}"
+            bar.set_postfix(post)
+        if has_val and bad >= patience:
+            rep.stopped_early = True
+            break
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        _restore(model, reverse, best_state)
+    model.eval()
+    if reverse is not None:
+        reverse.eval()
+    for r in (rep, rep_rev):
+        if r is None:
+            continue
+        r.epochs_run = epoch
+        r.best_epoch = best_epoch if has_val else epoch
+        r.stopped_early = rep.stopped_early
+        r.seconds = time.perf_counter() - t0
+        if has_val:
+            r.best_val_r1 = r.val_r1[best_epoch]
+            r.best_val_cos = r.val_cos[best_epoch]
+    terms = getattr(loss_fn, "terms", None)
+    if terms is not None and "infonce" in terms:
+        rep.temperature = float(terms["infonce"].temperature.detach())
+    return rep, rep_rev
+
+
+def _snapshot(model, reverse):
+    snap = {"model": copy.deepcopy(model.state_dict())}
+    if reverse is not None:
+        snap["reverse"] = copy.deepcopy(reverse.state_dict())
+    return snap
+
+
+def _restore(model, reverse, snap):
+    model.load_state_dict(snap["model"])
+    if reverse is not None:
+        reverse.load_state_dict(snap["reverse"])

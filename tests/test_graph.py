@@ -1,0 +1,210 @@
+import json
+
+import networkx as nx
+import numpy as np
+import pytest
+
+import bridge
+from bridge import ModalityGraph, load_graph
+from bridge.errors import (
+    BridgeError,
+    CorruptFile,
+    DimensionMismatch,
+    DuplicateNode,
+    EmptyData,
+    InvalidEmbeddings,
+    NoPairs,
+    NoRoute,
+    UnknownNode,
+)
+from bridge.store import Cache
+from conftest import random_orthogonal, unit
+
+
+def three_spaces(n=600, d=16, seed=0, noise_direct=1.0):
+    """A, B, C: B and C are near-rotations of A; a direct A -> C edge is trained on noise."""
+    rng = np.random.default_rng(seed)
+    ids = [f"item{i}" for i in range(n)]
+    A = unit(rng.standard_normal((n, d)))
+    B = unit(A @ random_orthogonal(d, rng) + 0.02 * rng.standard_normal((n, d)))
+    C = unit(B @ random_orthogonal(d, rng) + 0.02 * rng.standard_normal((n, d)))
+    C_noisy = unit(C + noise_direct * rng.standard_normal((n, d)))
+    mk = lambda x, name: Cache(ids=ids, emb=x.astype(np.float32), meta={"name": name})
+    return mk(A, "a"), mk(B, "b"), mk(C, "c"), mk(C_noisy, "c_noisy")
+
+
+@pytest.fixture
+def graph():
+    a, b, c, c_noisy = three_spaces()
+    g = ModalityGraph(seed=0)
+    g.add_modality("text:en@a", a)
+    g.add_modality("text:de@b", b, link_to="text:en@a", translator="procrustes")
+    g.add_modality("image@c", c, link_to="text:de@b", translator="procrustes")
+    # a poor direct edge: trained against a heavily corrupted copy of C's rows
+    g.add_node("scratch", c_noisy)
+    T = bridge.ProcrustesTranslator().fit(a.vectors()[:400], c_noisy.vectors()[:400])
+    m = bridge.paired_retrieval(T.transform(a.vectors()[400:500]), c.vectors()[400:500])
+    g.add_edge("text:en@a", "image@c", T, {"val_R@1": m["R@1"], "val_cos": m["cos"]})
+    g.remove_node("scratch")
+    return g
+
+
+def test_node_attributes_from_name(graph):
+    n = graph.node("text:de@b")
+    assert (n["modality"], n["language"], n["encoder"], n["dim"]) == ("text", "de", "b", 16)
+    assert graph.node("image@c")["language"] is None
+
+
+def test_routes_through_two_good_edges(graph):
+    r = graph.route("text:en@a", "image@c")
+    assert r.nodes == ("text:en@a", "text:de@b", "image@c")
+    e1 = graph.edge("text:en@a", "text:de@b")["cost"]
+    e2 = graph.edge("text:de@b", "image@c")["cost"]
+    assert r.cost == pytest.approx(e1 + e2)
+    direct = graph.edge("text:en@a", "image@c")["cost"]
+    assert direct > r.cost
+    # the composed route beats the direct edge on held-out rows
+    a, c = graph.cache("text:en@a"), graph.cache("image@c")
+    rows = graph.test_rows("text:en@a")
+    two = bridge.paired_retrieval(graph.translate(a.vectors(rows), r), c.vectors(rows))
+    one = bridge.paired_retrieval(graph.translate(a.vectors(rows), ["text:en@a", "image@c"]), c.vectors(rows))
+    assert two["R@1"] > one["R@1"]
+
+
+def test_k_best_routes_in_cost_order(graph):
+    routes = graph.route("text:en@a", "image@c", k=3)
+    assert len(routes) == 2  # only two simple paths exist
+    costs = [r.cost for r in routes]
+    assert costs == sorted(costs)
+    # brute force: all simple paths and their summed costs
+    G = graph.G
+    brute = sorted(sum(G.edges[u, v]["cost"] for u, v in zip(p[:-1], p[1:]))
+                   for p in nx.all_simple_paths(G, "text:en@a", "image@c"))
+    assert costs == pytest.approx(brute)
+
+
+def test_weight_function_and_attribute(graph):
+    hops = graph.route("text:en@a", "image@c", weight=lambda u, v, d: 1.0)
+    assert hops.nodes == ("text:en@a", "image@c") and hops.cost == 1.0
+    with pytest.raises(KeyError, match="no attribute 'speed'"):
+        graph.route("text:en@a", "image@c", weight="speed")
+
+
+def test_translate_k_routes_average(graph):
+    x = graph.cache("text:en@a").vectors()[:5]
+    y = graph.translate(x, ("text:en@a", "image@c"), k=2)
+    r = graph.route("text:en@a", "image@c", k=2)
+    outs = [graph.translate(x, ri) for ri in r]
+    ref = sum(o / np.linalg.norm(o, axis=1, keepdims=True) for o in outs) / 2
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_reconstruction_and_walk(graph):
+    walk = ["text:en@a", "text:de@b", "image@c", "text:de@b", "text:en@a"]
+    rec = graph.reconstruction(walk)
+    assert rec["per_sample"].shape == (graph.test_rows("text:en@a").size,)
+    assert 0 <= rec["mean"] < 0.05 and rec["median"] <= rec["mean"] + 0.05
+    rep = graph.walk(walk)
+    assert rep["loss_mean"] == pytest.approx(rec["mean"])
+    assert rep["cycle_R@1"] > 0.9
+    assert [h["dst"] for h in rep["hops"]] == walk[1:]
+    assert all(h["R@1"] > 0.9 for h in rep["hops"])
+    with pytest.raises(ValueError, match="start and end"):
+        graph.reconstruction(["text:en@a", "text:de@b"])
+
+
+def test_edge_metrics_and_split_disjoint(graph):
+    m = graph.edge("text:en@a", "text:de@b")["metrics"]
+    assert m["n_train"] + m["n_val"] + m["n_test"] == 600
+    assert m["test_R@1"] > 0.9 and m["val_cos"] > 0.9
+
+
+def test_mlp_edges_with_cycle_term():
+    a, b, _, _ = three_spaces(n=400, d=8)
+    g = ModalityGraph()
+    g.add_node("x@a", a)
+    rep = g.add_modality("y@b", b, link_to="x@a", translator="mlp", loss="infonce+mse",
+                         cycle_weight=0.5, width=32, epochs=3, batch_size=64)
+    assert set(rep) == {("y@b", "x@a"), ("x@a", "y@b")}
+    assert g.edge("x@a", "y@b")["translator"].fit_report_["cycle_weight"] == 0.5
+
+
+def test_save_load_round_trip(graph, tmp_path):
+    graph.save(tmp_path / "g")
+    m = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert m["bridge_version"] == bridge.__version__ and len(m["edges"]) == 5
+    g2 = load_graph(tmp_path / "g")
+    assert sorted(g2.edges) == sorted(graph.edges)
+    x = graph.cache("text:en@a").vectors()[:20]
+    r = graph.route("text:en@a", "image@c")
+    np.testing.assert_array_equal(g2.translate(x, r.nodes), graph.translate(x, r.nodes))
+    assert g2.route("text:en@a", "image@c").cost == pytest.approx(r.cost)
+    for u, v in graph.edges:
+        assert g2.edge(u, v)["metrics"] == graph.edge(u, v)["metrics"]
+
+
+def test_interrupted_save_keeps_previous_graph(graph, tmp_path, monkeypatch):
+    graph.save(tmp_path / "g")
+    before = (tmp_path / "g" / "manifest.json").read_text()
+    T = graph.translator("text:de@b", "image@c")
+
+    def boom(path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(T), "save", lambda self, path: boom(path))
+    with pytest.raises(OSError, match="disk full"):
+        graph.save(tmp_path / "g")
+    assert (tmp_path / "g" / "manifest.json").read_text() == before
+    assert load_graph(tmp_path / "g").edges
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]
+
+
+def test_corrupt_saved_graph(graph, tmp_path):
+    graph.save(tmp_path / "g")
+    w = next((tmp_path / "g" / "edges").iterdir()) / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:40])
+    with pytest.raises(CorruptFile, match="model.safetensors"):
+        load_graph(tmp_path / "g")
+    w.unlink()
+    with pytest.raises(CorruptFile, match="missing"):
+        load_graph(tmp_path / "g")
+    (tmp_path / "g" / "manifest.json").write_text("{not json")
+    with pytest.raises(CorruptFile, match="not valid JSON"):
+        load_graph(tmp_path / "g")
+    with pytest.raises(CorruptFile, match="missing"):
+        load_graph(tmp_path / "elsewhere")
+
+
+def test_errors_name_the_bad_value_and_change_nothing(graph):
+    before = (sorted(graph.nodes), sorted(graph.edges))
+    a = graph.cache("text:en@a")
+    with pytest.raises(UnknownNode, match="'text:xx@a'.*known nodes"):
+        graph.route("text:xx@a", "image@c")
+    with pytest.raises(UnknownNode, match="'nowhere'"):
+        graph.add_modality("new@x", a, link_to="nowhere")
+    with pytest.raises(DuplicateNode, match="'image@c'"):
+        graph.add_modality("image@c", a)
+    bad = a.vectors().copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(InvalidEmbeddings, match="rows 3"):
+        graph.add_modality("new@x", Cache(ids=a.ids, emb=bad), link_to="text:en@a")
+    with pytest.raises(EmptyData):
+        graph.add_modality("new@x", np.zeros((0, 16), np.float32))
+    other = Cache(ids=[f"other{i}" for i in range(50)], emb=np.ones((50, 16), np.float32))
+    with pytest.raises(NoPairs, match="share no ids"):
+        graph.add_modality("new@x", other, link_to="text:en@a")
+    x = a.vectors()[:3]
+    with pytest.raises(DimensionMismatch, match="expected dimension 16, got 8"):
+        graph.translate(x[:, :8], ("text:en@a", "image@c"))
+    T = bridge.LinearTranslator().fit(np.ones((10, 8)) + np.eye(10, 8), np.ones((10, 16)))
+    with pytest.raises(DimensionMismatch, match="input dimension 8"):
+        graph.add_edge("text:en@a", "image@c", T)
+    graph.add_node("island@z", a)
+    with pytest.raises(NoRoute, match="no route from 'text:en@a' to 'island@z'"):
+        graph.route("text:en@a", "island@z")
+    graph.remove_node("island@z")
+    with pytest.raises(NoPairs, match="split holds no pairs"):
+        two = Cache(ids=a.ids[:2], emb=a.vectors()[:2])
+        graph.add_modality("tiny@t", two, link_to="text:en@a")
+    assert (sorted(graph.nodes), sorted(graph.edges)) == before
+    assert issubclass(UnknownNode, BridgeError) and issubclass(NoRoute, BridgeError)
