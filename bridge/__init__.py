@@ -22,6 +22,8 @@ _LAZY = {
     "ProcrustesTranslator": "translators",
     "MLPTranslator": "translators",
     "RelativeTranslator": "translators",
+    "PostHocTranslator": "translators",
+    "IdentityTranslator": "translators",
     "load_translator": "translators",
     "make_translator": "translators",
     "reconstruction_loss": "metrics",

@@ -178,10 +178,15 @@ class ModalityGraph:
         return pair_table(ca, cb, pairs)
 
     def split(self, pairs: Pairs, splits: dict | None = None) -> dict[str, np.ndarray]:
-        """Train/val/test indices into ``pairs``, by group (see :func:`split_groups`), or
-        from ``splits = {"train": groups, "val": groups, "test": groups}``."""
+        """Train/val/test indices into ``pairs``: by group (see :func:`split_groups`),
+        from ``splits = {"train": groups, "val": groups, "test": groups}``, or with
+        ``splits="prefix"`` from the group's prefix (``"train:12"`` is a train group; see
+        :func:`bridge.store.concat_caches`)."""
         if splits is None:
             return split_groups(pairs.groups, self.fractions, self.seed)
+        if splits == "prefix":
+            pre = np.array([g.split(":", 1)[0] for g in pairs.groups])
+            return {k: np.flatnonzero(pre == k) for k in ("train", "val", "test")}
         out = {}
         for key in ("train", "val", "test"):
             wanted = set(map(str, splits.get(key, ())))
@@ -190,7 +195,7 @@ class ModalityGraph:
 
     def connect(self, a: str, b: str, translator="mlp", loss: str | None = None,
                 directions: str = "both", pairs=None, splits: dict | None = None,
-                cycle_weight: float = 0.0, **fit_options) -> dict:
+                cycle_weight: float = 0.0, post: str | None = None, **fit_options) -> dict:
         """Train translator edge(s) between existing nodes ``a`` and ``b``.
 
         ``translator`` is a kind (``"linear"``, ``"procrustes"``, ``"mlp"``,
@@ -198,10 +203,15 @@ class ModalityGraph:
         ``loss`` and ``fit_options`` go to it (``loss`` only for ``"mlp"``).
         ``directions`` is ``"both"``, ``"forward"`` (a -> b) or ``"backward"`` (b -> a).
         With ``directions="both"``, an MLP and ``cycle_weight > 0``, both directions are
-        trained together with a cycle-consistency term. Returns ``{(src, dst): metrics}``.
+        trained together with a cycle-consistency term. ``post`` adds post-hoc alignment
+        fitted on the training pairs after training (``"center"``, ``"procrustes"`` or
+        ``"center+procrustes"``, see :class:`~bridge.translators.PostHocTranslator`).
+        Returns ``{(src, dst): metrics}``.
         """
         from .translators import make_translator
+        from .translators.posthoc import PostHocTranslator, parse_post
 
+        post_steps = parse_post(post)
         self._check_node(a, b)
         if directions not in ("both", "forward", "backward"):
             raise ValueError(f"directions must be 'both', 'forward' or 'backward', got {directions!r}")
@@ -240,6 +250,13 @@ class ModalityGraph:
                       cs.vectors(Q.a_rows[va]), cd.vectors(Q.b_rows[va]),
                       labels=labels[tr], labels_val=labels[va])
                 fitted[(src, dst)] = (T, Q)
+        if post_steps:
+            tr = idx["train"]
+            for key, (T, Q) in fitted.items():
+                cs, cd = self.cache(key[0]), self.cache(key[1])
+                W = PostHocTranslator(T, "+".join(post_steps))
+                W.fit(cs.vectors(Q.a_rows[tr]), cd.vectors(Q.b_rows[tr]))
+                fitted[key] = (W, Q)
         reports = {}
         for (src, dst), (T, Q) in fitted.items():
             metrics = self._edge_metrics(T, Q, idx, labels, src, dst)
@@ -296,8 +313,9 @@ class ModalityGraph:
         self._put_edge(a, b, translator, dict(metrics or {}), {})
 
     def _put_edge(self, a, b, T, metrics, split_info):
+        kind = f"{T.base.kind}+{T.steps}" if T.kind == "posthoc" else T.kind
         self.G.add_edge(a, b, translator=T, metrics=metrics, cost=edge_cost(metrics),
-                        kind=T.kind, split=split_info)
+                        kind=kind, split=split_info)
 
     def edge(self, a: str, b: str) -> dict:
         self._check_node(a, b)

@@ -42,6 +42,7 @@ __all__ = [
     "pair_by_ids",
     "pair_table",
     "split_groups",
+    "concat_caches",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_dir",
@@ -344,6 +345,23 @@ def save_cache(path: str | os.PathLike, cache: Cache, dtype="float16") -> Path:
             if groups is not None:
                 atomic_write_json(tmp / "groups.json", groups)
     return p
+
+
+def concat_caches(caches: Sequence[Cache], prefixes: Sequence[str]) -> Cache:
+    """Stack caches into one, ids and groups prefixed ``"<prefix>:"`` per source.
+
+    The usual use is one cache per predefined split (``prefixes=["train", "val",
+    "test"]``), so that ``splits="prefix"`` in :meth:`ModalityGraph.connect` keeps them.
+    """
+    if len(caches) != len(prefixes):
+        raise ValueError(f"got {len(caches)} caches but {len(prefixes)} prefixes; expected one each")
+    dims = {c.dim for c in caches}
+    if len(dims) != 1:
+        raise DimensionMismatch(f"caches to stack have different dimensions: {sorted(dims)}")
+    ids = np.concatenate([[f"{p}:{i}" for i in c.ids] for c, p in zip(caches, prefixes)])
+    groups = np.concatenate([[f"{p}:{g}" for g in c.group_of_rows()] for c, p in zip(caches, prefixes)])
+    emb = np.concatenate([np.asarray(c.emb) for c in caches])
+    return Cache(ids=ids, emb=emb, meta=dict(caches[0].meta), groups=groups)
 
 
 # ---------------------------------------------------------------------------

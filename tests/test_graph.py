@@ -208,3 +208,49 @@ def test_errors_name_the_bad_value_and_change_nothing(graph):
         graph.add_modality("tiny@t", two, link_to="text:en@a")
     assert (sorted(graph.nodes), sorted(graph.edges)) == before
     assert issubclass(UnknownNode, BridgeError) and issubclass(NoRoute, BridgeError)
+
+
+def test_post_hoc_alignment_closes_a_shift(tmp_path):
+    """A translator that misses a constant offset: the centre shift removes it exactly."""
+    rng = np.random.default_rng(0)
+    n, d = 500, 8
+    ids = [f"i{k}" for k in range(n)]
+    A = rng.standard_normal((n, d)).astype(np.float32)
+    B = (A + 3.0).astype(np.float32)  # B is A shifted
+    g = ModalityGraph()
+    g.add_node("x@a", Cache(ids=ids, emb=A))
+    g.add_node("y@b", Cache(ids=ids, emb=B))
+    # an uncentred, unscaled Procrustes cannot model the shift; "center" fixes it
+    plain = g.connect("x@a", "y@b", translator=bridge.ProcrustesTranslator(center=False, scale=False),
+                      directions="forward")[("x@a", "y@b")]
+    shifted = g.connect("x@a", "y@b", translator=bridge.ProcrustesTranslator(center=False, scale=False),
+                        directions="forward", post="center")[("x@a", "y@b")]
+    assert shifted["test_cos"] > plain["test_cos"] + 0.05
+    # with a base map that is right up to the offset, the shift recovers it exactly
+    base = bridge.ProcrustesTranslator(center=False, scale=False).fit(A, A)
+    W = bridge.PostHocTranslator(base, "center").fit(A, B)
+    np.testing.assert_allclose(W.shift_, np.full(d, 3.0), atol=1e-4)
+    np.testing.assert_allclose(W.transform(A), B, atol=1e-4)
+    assert g.edge("x@a", "y@b")["kind"] == "procrustes+center"
+    g.save(tmp_path / "g")
+    g2 = load_graph(tmp_path / "g")
+    np.testing.assert_array_equal(g2.translate(A[:5], ["x@a", "y@b"]), g.translate(A[:5], ["x@a", "y@b"]))
+    with pytest.raises(ValueError, match="unknown post-hoc step 'rotate'"):
+        g.connect("x@a", "y@b", translator="linear", post="rotate")
+
+
+def test_predefined_splits_by_prefix():
+    from bridge.store import concat_caches
+
+    a, b, _, _ = three_spaces(n=300)
+    parts = lambda c: [c.subset(np.arange(0, 200)), c.subset(np.arange(200, 250)), c.subset(np.arange(250, 300))]
+    A = concat_caches(parts(a), ["train", "val", "test"])
+    B = concat_caches(parts(b), ["train", "val", "test"])
+    assert A.ids[0] == "train:item0" and A.ids[-1] == "test:item299"
+    g = ModalityGraph()
+    g.add_node("x@a", A)
+    rep = g.add_modality("y@b", B, link_to="x@a", translator="procrustes", splits="prefix")
+    m = rep[("y@b", "x@a")]
+    assert (m["n_train"], m["n_val"], m["n_test"]) == (200, 50, 50)
+    with pytest.raises(DimensionMismatch, match="different dimensions"):
+        concat_caches([A, Cache(ids=["q"], emb=np.ones((1, 3)))], ["p", "q"])

@@ -5,6 +5,8 @@ from .linear import LinearTranslator
 from .procrustes import ProcrustesTranslator
 from .relative import RelativeTranslator
 from .mlp import MLPTranslator
+from .posthoc import PostHocTranslator
+from .identity import IdentityTranslator
 
 __all__ = [
     "Translator",
@@ -12,6 +14,8 @@ __all__ = [
     "ProcrustesTranslator",
     "RelativeTranslator",
     "MLPTranslator",
+    "PostHocTranslator",
+    "IdentityTranslator",
     "load_translator",
     "make_translator",
     "TRANSLATORS",

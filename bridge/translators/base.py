@@ -161,8 +161,7 @@ def make_translator(kind: str | Translator, **params) -> Translator:
     ``"relative"``) and hyper-parameters, or an unfitted instance cloned."""
     _ensure_registered()
     if isinstance(kind, Translator):
-        merged = {**kind.get_params(), **params}
-        return type(kind)(**merged)
+        return type(kind)(**{**kind.get_params(), **params})
     if kind not in TRANSLATORS:
         raise ValueError(f"unknown translator {kind!r}; expected one of {sorted(TRANSLATORS)}")
     cls = TRANSLATORS[kind]
@@ -175,7 +174,7 @@ def make_translator(kind: str | Translator, **params) -> Translator:
 
 
 def _ensure_registered():
-    from . import linear, mlp, procrustes, relative  # noqa: F401  (registration side effect)
+    from . import identity, linear, mlp, posthoc, procrustes, relative  # noqa: F401  (registration)
 
 
 def load_translator(path) -> Translator:

