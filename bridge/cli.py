@@ -310,7 +310,7 @@ def _plot(args) -> int:
             raise ValueError("plot hops needs --start NODE")
         from .demo import closed_walks
 
-        walks = closed_walks(g, args.start)
+        walks = closed_walks(g, args.start, nodes=args.nodes)
         reps = [g.walk(w) for w in walks]
         ax = plots.plot_hops([len(w) - 1 for w in walks], [r["loss_per_sample"] for r in reps])
     plots.save_figure(ax, args.out)

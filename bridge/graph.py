@@ -79,12 +79,20 @@ class ModalityGraph:
     ----------
     fractions : (train, val, test) fractions used to split paired groups of every edge.
     seed : seed of the group split and of training.
+    splits : the graph's split rule, used by every edge and every evaluation that is not
+        given another: ``None`` (seeded hash of the group, with ``fractions``),
+        ``"prefix"`` (the group's ``train:``/``val:``/``test:`` prefix) or
+        ``{"train": groups, "val": groups, "test": groups}``.
     """
 
-    def __init__(self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0):
+    def __init__(self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                 splits: str | dict | None = None):
         self.G = nx.DiGraph()
         self.fractions = tuple(float(f) for f in fractions)
         self.seed = int(seed)
+        if splits is not None and splits != "prefix" and not isinstance(splits, dict):
+            raise ValueError(f"splits must be None, 'prefix' or a dict of groups, got {splits!r}")
+        self.splits = splits
 
     # ------------------------------------------------------------------ nodes
     def __contains__(self, name) -> bool:
@@ -181,16 +189,19 @@ class ModalityGraph:
         """Train/val/test indices into ``pairs``: by group (see :func:`split_groups`),
         from ``splits = {"train": groups, "val": groups, "test": groups}``, or with
         ``splits="prefix"`` from the group's prefix (``"train:12"`` is a train group; see
-        :func:`bridge.store.concat_caches`)."""
+        :func:`bridge.store.concat_caches`). ``splits=None`` applies the graph's rule."""
+        return self._split_groups(pairs.groups, self.splits if splits is None else splits)
+
+    def _split_groups(self, groups: np.ndarray, splits) -> dict[str, np.ndarray]:
         if splits is None:
-            return split_groups(pairs.groups, self.fractions, self.seed)
+            return split_groups(groups, self.fractions, self.seed)
         if splits == "prefix":
-            pre = np.array([g.split(":", 1)[0] for g in pairs.groups])
+            pre = np.array([g.split(":", 1)[0] for g in groups])
             return {k: np.flatnonzero(pre == k) for k in ("train", "val", "test")}
         out = {}
         for key in ("train", "val", "test"):
             wanted = set(map(str, splits.get(key, ())))
-            out[key] = np.flatnonzero(np.isin(pairs.groups, list(wanted)))
+            out[key] = np.flatnonzero(np.isin(groups, list(wanted)))
         return out
 
     def connect(self, a: str, b: str, translator="mlp", loss: str | None = None,
@@ -232,8 +243,9 @@ class ModalityGraph:
         todo = [(a, b, P)] if directions != "backward" else []
         if directions in ("both", "backward"):
             todo.append((b, a, P.reversed()))
+        rule = self.splits if splits is None else splits
         split_info = {"fractions": list(self.fractions), "seed": self.seed,
-                      "given": splits is not None,
+                      "rule": rule if isinstance(rule, str) else ("groups" if rule else "hash"),
                       **{f"n_{k}": int(v.size) for k, v in idx.items()}}
         fitted = {}
         kind = translator if isinstance(translator, str) else getattr(translator, "kind", None)
@@ -371,9 +383,8 @@ class ModalityGraph:
 
     # ------------------------------------------------------------------ evaluation
     def test_rows(self, name: str) -> np.ndarray:
-        """Rows of a node whose group falls in the test split (the same rule as edges)."""
-        c = self.cache(name)
-        return split_groups(c.group_of_rows(), self.fractions, self.seed)["test"]
+        """Rows of a node whose group falls in the test split (the graph's split rule)."""
+        return self._split_groups(self.cache(name).group_of_rows(), self.splits)["test"]
 
     def walk(self, nodes: Sequence[str], rows=None) -> dict:
         """Run rows of ``nodes[0]`` along the walk ``nodes`` and score every step.
@@ -480,7 +491,7 @@ class ModalityGraph:
                               "metrics": d["metrics"], "split": d.get("split", {})})
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                         "bridge_version": __version__, "fractions": list(self.fractions),
-                        "seed": self.seed, "nodes": nodes, "edges": edges}
+                        "seed": self.seed, "splits": self.splits, "nodes": nodes, "edges": edges}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return path
 
@@ -519,7 +530,8 @@ def load_graph(path, load_caches: bool = True) -> ModalityGraph:
         raise CorruptFile(f"{mpath} is not valid JSON: {e}") from e
     if m.get("format") != FORMAT:
         raise CorruptFile(f"{mpath}: format {m.get('format')!r}, expected {FORMAT!r}")
-    g = ModalityGraph(tuple(m.get("fractions", (0.8, 0.1, 0.1))), m.get("seed", 0))
+    g = ModalityGraph(tuple(m.get("fractions", (0.8, 0.1, 0.1))), m.get("seed", 0),
+                      m.get("splits"))
     try:
         for nd in m["nodes"]:
             nd = dict(nd)

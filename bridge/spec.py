@@ -6,6 +6,7 @@
     seed = 0
     fractions = [0.8, 0.1, 0.1]      # train / val / test, by group
     out = "graphs/m30k"              # where `bridge graph build` saves (optional)
+    # splits = "prefix"              # the graph's split rule for edges and evaluation
 
     [[nodes]]
     name = "text:en@minilm"
@@ -30,6 +31,8 @@ A node's ``cache`` may be a list of files with as many ``prefixes`` (one cache p
 predefined split: ``cache = ["train.npy", "val.npy", "test.npy"]``, ``prefixes =
 ["train", "val", "test"]``); ids become ``"train:0"``... and an edge with
 ``splits = "prefix"`` trains on train rows, stops early on val rows and reports on test rows.
+Set ``splits = "prefix"`` under ``[graph]`` to make it the rule of every edge and of every
+evaluation (``bridge eval`` then scores the test rows only).
 
 Paths are resolved relative to the spec file's folder. Unknown keys are errors, so a
 typo does not silently fall back to a default.
@@ -43,7 +46,7 @@ from .errors import BridgeError, CorruptFile
 
 __all__ = ["load_spec", "build_graph_from_spec", "SpecError"]
 
-GRAPH_KEYS = {"seed", "fractions", "out", "name"}
+GRAPH_KEYS = {"seed", "fractions", "out", "name", "splits"}
 NODE_KEYS = {"name", "cache", "prefixes", "modality", "language", "encoder"}
 EDGE_KEYS = {"src", "dst", "translator", "loss", "directions", "pairs", "params",
              "cycle_weight", "post", "splits"}
@@ -118,7 +121,8 @@ def build_graph_from_spec(spec: dict, progress: bool = False, log=print):
     from .store import concat_caches, load_cache
 
     g = spec["graph"]
-    graph = ModalityGraph(fractions=tuple(g.get("fractions", (0.8, 0.1, 0.1))), seed=g.get("seed", 0))
+    graph = ModalityGraph(fractions=tuple(g.get("fractions", (0.8, 0.1, 0.1))), seed=g.get("seed", 0),
+                          splits=g.get("splits"))
     for n in spec["nodes"]:
         parts = [load_cache(f) for f in n["cache"]]
         cache = parts[0] if len(parts) == 1 and "prefixes" not in n else concat_caches(parts, n["prefixes"])

@@ -106,3 +106,25 @@ def test_cache_build_from_text(tmp_path):
 
     c = load_cache(tmp_path / "c.e5")
     assert len(c) == 3 and c.dim == 384 and c.meta["language"] == "multi"
+
+
+def test_demo_writes_a_full_report(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    for png in ("graph.png", "r1_heatmap.png", "projection.png", "gap_bars.png", "hops.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "<table" in (out / "index.html").read_text()
+    assert (out / "graph" / "manifest.json").exists()
+    g = rep["graph"]
+    assert len(g["nodes"]) >= 4
+    assert {n["modality"] for n in g["nodes"]} >= {"text", "audio", "image"}
+    assert len({n["language"] for n in g["nodes"] if n["language"]}) >= 3
+    # closed walks of 2.. hops, loss >= 0; gap rows and the post-hoc table are present
+    assert [h["hops_count"] for h in rep["hops"]] == sorted(h["hops_count"] for h in rep["hops"])
+    assert all(h["loss_mean"] >= 0 for h in rep["hops"])
+    assert {r["steps"] for r in rep["post_hoc"]} == {"none", "center", "procrustes",
+                                                     "center+procrustes"}
+    # the post-hoc mean shift closes the centroid gap of the audio edge
+    by = {r["steps"]: r for r in rep["post_hoc"]}
+    assert by["center"]["centroid_distance"] < by["none"]["centroid_distance"]

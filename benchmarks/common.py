@@ -1,0 +1,248 @@
+"""Shared helpers for the benchmark scripts in this folder.
+
+- where the shared real data lives (``../shared`` beside the clone, or ``$BRIDGE_SHARED``);
+- loading the Multi30K embeddings (``{split}.{lang}.{encoder}.npy``) as float32;
+- seeding and thread limits;
+- mean/std aggregation over seeds;
+- JSON result files that record the command line, versions and time, written atomically;
+- a plain-text table printer.
+
+The scripts only use the public ``bridge`` API; this module adds nothing to the package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shlex
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "shared_dir",
+    "results_dir",
+    "M30K_SPLITS",
+    "M30K_LANGS",
+    "m30k_path",
+    "load_m30k",
+    "set_seed",
+    "set_threads",
+    "command_line",
+    "mean_std",
+    "aggregate",
+    "write_result",
+    "format_table",
+    "Timer",
+]
+
+M30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+M30K_LANGS = ("en", "de", "fr", "cs")
+
+
+# ---------------------------------------------------------------------------
+# paths
+
+
+def shared_dir() -> Path:
+    """The shared data folder: ``$BRIDGE_SHARED`` or ``<clone>/../shared``."""
+    env = os.environ.get("BRIDGE_SHARED")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"shared data folder not found at {path}; set BRIDGE_SHARED to the folder that "
+            "holds data/ and embeddings/"
+        )
+    return path
+
+
+def results_dir() -> Path:
+    """``benchmarks/results`` (created on demand)."""
+    path = Path(__file__).resolve().parent / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Multi30K embeddings
+
+
+def m30k_path(split: str, lang: str, encoder: str) -> Path:
+    """Path of ``{split}.{lang}.{encoder}.npy``; ``split`` may be a short name
+    (``train``, ``val``, ``test``) or the file's own (``test_2016_flickr``)."""
+    split = M30K_SPLITS.get(split, split)
+    return shared_dir() / "embeddings" / "multi30k" / f"{split}.{lang}.{encoder}.npy"
+
+
+_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def load_m30k(split: str, lang: str, encoder: str, rows: int | None = None) -> np.ndarray:
+    """Multi30K embeddings as a float32 array (row i = caption line i), memoised."""
+    path = m30k_path(split, lang, encoder)
+    key = (str(path),)
+    if key not in _CACHE:
+        if not path.exists():
+            raise FileNotFoundError(f"missing embeddings file {path}")
+        _CACHE[key] = np.load(path).astype(np.float32)
+    arr = _CACHE[key]
+    return arr if rows is None else arr[:rows]
+
+
+# ---------------------------------------------------------------------------
+# reproducibility
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and (if imported or importable) torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def set_threads(n: int | None) -> int:
+    """Limit torch (and BLAS through the environment, for child processes) to ``n``
+    threads; returns the number in use."""
+    if n is None or n <= 0:
+        n = os.cpu_count() or 1
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:  # pragma: no cover
+        pass
+    return n
+
+
+def command_line() -> str:
+    """The command that started this process, shell-quoted."""
+    exe = Path(sys.executable).name
+    return " ".join([exe] + [shlex.quote(a) for a in sys.argv])
+
+
+# ---------------------------------------------------------------------------
+# aggregation
+
+
+def mean_std(values: Iterable[float]) -> dict:
+    """``{"mean", "std", "n", "values"}`` of finite-or-not numbers (population std,
+    ``ddof=0``: with 3 seeds it describes the spread seen, not an estimate)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0, "values": []}
+    arr = np.asarray(vals, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "n": len(vals), "values": vals}
+
+
+def aggregate(runs: Sequence[Mapping]) -> dict:
+    """Mean/std of nested dicts of numbers with the same keys (one dict per seed).
+
+    ``[{"de": {"R@1": .9}}, {"de": {"R@1": .8}}]`` -> ``{"de": {"R@1": {"mean": .85, ...}}}``.
+    Keys missing from some runs are aggregated over the runs that have them.
+    """
+    if not runs:
+        return {}
+    keys: list = []
+    for r in runs:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in runs if k in r]
+        if all(isinstance(v, Mapping) for v in vals):
+            out[k] = aggregate(vals)
+        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in vals):
+            out[k] = mean_std(vals)
+        else:
+            out[k] = vals[0] if all(v == vals[0] for v in vals) else list(vals)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# output
+
+
+def _jsonable(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "faiss", "bridge"):
+        try:
+            mod = __import__(name)
+            out[name] = getattr(mod, "__version__", "?")
+        except ImportError:
+            pass
+    return out
+
+
+def write_result(path, payload: Mapping, started: float | None = None) -> Path:
+    """Write ``payload`` as JSON with a ``meta`` block (command line, versions, host
+    CPU count, date, wall time). Non-finite floats become ``null``. Written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": command_line(),
+        "argv": list(sys.argv),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(),
+        "cpu_count": os.cpu_count(),
+    }
+    if started is not None:
+        meta["wall_seconds"] = round(time.perf_counter() - started, 1)
+    doc = {"meta": meta, **_jsonable(dict(payload))}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
+    """A left/right aligned plain-text table (first column left, the others right)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        return False
