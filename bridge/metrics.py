@@ -29,9 +29,10 @@ def row_cosine(a, b) -> np.ndarray:
 def reconstruction_loss(x, x_rec) -> dict:
     """Per-sample ``1 - cos(x, x_rec)`` with its mean and median.
 
+    Cosines are clipped to [-1, 1] first, so rounding never gives a negative loss.
     Returns ``{"per_sample": array, "mean": float, "median": float}``.
     """
-    loss = 1.0 - row_cosine(x, x_rec)
+    loss = 1.0 - np.clip(row_cosine(x, x_rec), -1.0, 1.0)
     return {"per_sample": loss, "mean": float(loss.mean()), "median": float(np.median(loss))}
 
 

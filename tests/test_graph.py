@@ -83,6 +83,27 @@ def test_k_best_routes_in_cost_order(graph):
     assert costs == pytest.approx(brute)
 
 
+def test_edge_cost_charges_each_hop():
+    from bridge.planner import HOP_COST, edge_cost
+
+    assert edge_cost({"val_R@1": 1.0}) == pytest.approx(HOP_COST)
+    assert edge_cost({"val_R@1": 0.5}, hop_cost=0.0) == pytest.approx(np.log(2))
+    assert edge_cost({"val_cos": 0.9}, hop_cost=0.1) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="hop_cost must be >= 0, got -1"):
+        edge_cost({"val_R@1": 1.0}, hop_cost=-1)
+    # equally perfect edges: the one-hop route wins over the two-hop detour
+    a, b, c, _ = three_spaces()
+    g = ModalityGraph(seed=0)
+    for name, cache in (("x@a", a), ("y@b", b), ("z@c", c)):
+        g.add_node(name, cache)
+    T = bridge.IdentityTranslator().fit(a.vectors(), a.vectors())
+    for u, v in (("x@a", "y@b"), ("y@b", "z@c"), ("x@a", "z@c")):
+        g.add_edge(u, v, T, {"val_R@1": 1.0})
+    r = g.route("x@a", "z@c")
+    assert r.nodes == ("x@a", "z@c") and r.cost == pytest.approx(HOP_COST)
+    assert g.route("x@a", "z@c", k=2)[1].cost == pytest.approx(2 * HOP_COST)
+
+
 def test_weight_function_and_attribute(graph):
     hops = graph.route("text:en@a", "image@c", weight=lambda u, v, d: 1.0)
     assert hops.nodes == ("text:en@a", "image@c") and hops.cost == 1.0

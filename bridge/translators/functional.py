@@ -54,9 +54,12 @@ def procrustes_fit(
 
     ``R`` has shape (dx, dy): when ``dx != dy`` it has orthonormal rows (dx <= dy) or
     columns (dx > dy), which is the Procrustes solution for spaces padded with zeros to
-    the larger dimension. With ``scale`` the rows of both sides are first divided by their
-    RMS norm after centering, and the fitted scale ``s`` maps the X norm onto the Y norm.
-    Returns ``(R, mx, my, s)``.
+    the larger dimension. With ``scale`` the fitted scale ``s`` is the ratio of the RMS
+    norms of the centred sides, ``sqrt(sum |Y - my|^2 / sum |X - mx|^2)``, so translated
+    rows keep the spread of the target space around its centroid. (The least-squares scale
+    ``trace(S) / sum |X - mx|^2`` shrinks them towards the centroid by the fit's
+    correlation, which lowers cosine retrieval after the centroid is added back and
+    compounds over hops.) Returns ``(R, mx, my, s)``.
     """
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
@@ -67,8 +70,7 @@ def procrustes_fit(
     R = U @ Vt
     s = 1.0
     if scale:
-        # least-squares optimal isotropic scale for the rotated X
-        s = float(S.sum() / max((Xc**2).sum(), 1e-12))
+        s = float(np.sqrt((Yc**2).sum() / max((Xc**2).sum(), 1e-12)))
     return R.astype(np.float32), mx.astype(np.float32), my.astype(np.float32), s
 
 
