@@ -23,14 +23,14 @@ __all__ = ["run_demo", "build_demo_graph", "closed_walks", "DEMO_EDGES"]
 #: target node's centroid, which barely changes retrieval at that node but throws the next
 #: hop of a composed route off its training distribution.
 DEMO_EDGES = [
-    ("text:en@minilm", "text:en@e5", "mlp", {"loss": "infonce+mse"}),
+    ("text:en@minilm", "text:en@e5", "mlp", {"loss": "infonce+mse", "post": "center"}),
     ("text:de@e5", "text:en@e5", "procrustes", {}),
     ("text:fr@e5", "text:en@e5", "procrustes", {}),
     ("text:es@e5", "text:en@e5", "linear", {"alpha": "auto"}),
     ("text:de@e5", "text:en@minilm", "linear", {"alpha": "auto"}),
-    ("audio:en@aisfx", "text:en@e5", "mlp", {"loss": "infonce+mse"}),
-    ("audio:de@aisfx", "text:de@e5", "mlp", {"loss": "infonce+mse"}),
-    ("image@pixels", "text:en@e5", "mlp", {"loss": "infonce"}),
+    ("audio:en@aisfx", "text:en@e5", "mlp", {"loss": "infonce+mse", "post": "center"}),
+    ("audio:de@aisfx", "text:de@e5", "mlp", {"loss": "infonce+mse", "post": "center"}),
+    ("image@pixels", "text:en@e5", "mlp", {"loss": "infonce", "post": "center"}),
 ]
 
 ROUTES = [
@@ -57,8 +57,7 @@ def build_demo_graph(demo: dict, seed: int = 0, quick: bool = False, log=None):
     for a, b, kind, opts in DEMO_EDGES:
         params = {**(mlp if kind == "mlp" else {}), **opts}
         table = _table(demo, a, b)
-        g.connect(a, b, translator=kind, pairs=table, post="center" if kind == "mlp" else None,
-                  **params)
+        g.connect(a, b, translator=kind, pairs=table, **params)
         if log:
             ab, ba = g.edge(a, b)["metrics"], g.edge(b, a)["metrics"]
             log(f"edge {a} <-> {b} [{kind}]: test R@1 {ab.get('test_R@1', np.nan):.3f} / "

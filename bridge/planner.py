@@ -40,13 +40,14 @@ def edge_cost(metrics: dict, key: str = "val_R@1", hop_cost: float = HOP_COST) -
     """
     if hop_cost < 0:
         raise ValueError(f"hop_cost must be >= 0, got {hop_cost!r}")
-    r1 = metrics.get(key)
+    r1, cos = metrics.get(key), metrics.get("val_cos")
     if r1 is not None and not (isinstance(r1, float) and math.isnan(r1)):
-        return -math.log(max(float(r1), R1_FLOOR)) + hop_cost
-    cos = metrics.get("val_cos")
-    if cos is not None:
-        return 1.0 - float(cos) + hop_cost
-    return 1.0 + hop_cost
+        loss = -math.log(max(float(r1), R1_FLOOR))
+    elif cos is not None:
+        loss = 1.0 - float(cos)
+    else:
+        loss = 1.0
+    return loss + hop_cost
 
 
 @dataclass(frozen=True)
