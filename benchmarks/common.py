@@ -12,7 +12,6 @@ The scripts only use the public ``bridge`` API; this module adds nothing to the 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
@@ -23,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from bridge.files import write_json
 
 __all__ = [
     "shared_dir",
@@ -175,22 +176,6 @@ def aggregate(runs: Sequence[Mapping]) -> dict:
 # output
 
 
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _versions() -> dict:
     out = {"python": platform.python_version(), "numpy": np.__version__}
     for name in ("torch", "faiss", "bridge"):
@@ -216,11 +201,7 @@ def write_result(path, payload: Mapping, started: float | None = None) -> Path:
     }
     if started is not None:
         meta["wall_seconds"] = round(time.perf_counter() - started, 1)
-    doc = {"meta": meta, **_jsonable(dict(payload))}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, {"meta": meta, **dict(payload)})
 
 
 def format_table(rows: Sequence[Sequence], header: Sequence[str]) -> str:

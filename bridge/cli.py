@@ -16,12 +16,12 @@ Every command has ``--help``. Errors print one line naming the bad value and exi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import BridgeError
+from .files import dumps_json
 
 __all__ = ["main", "build_parser"]
 
@@ -216,7 +216,7 @@ def _graph_show(args) -> int:
     g = _load(args.graph)
     s = g.summary()
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(dumps_json(s), end="")
         return 0
     print(f"{len(s['nodes'])} nodes:")
     for n in s["nodes"]:
@@ -279,10 +279,9 @@ def _eval(args, parser) -> int:
             print("route " + " -> ".join(r["nodes"]) + f"  (cost {r['cost']:.4f})")
         _print_metrics(f"{m['n_queries']} test queries, gallery {m['n_gallery']}", m)
     if args.json:
-        from .store import atomic_write_json
-        from .translators.base import _jsonable
+        from .files import write_json
 
-        atomic_write_json(args.json, _jsonable(result))
+        write_json(args.json, result)
     return 0
 
 

@@ -8,7 +8,6 @@ benchmarks on held-out pairs and writes ``report.json``, PNG plots and ``index.h
 from __future__ import annotations
 
 import html
-import json
 import time
 from pathlib import Path
 
@@ -107,9 +106,8 @@ def run_demo(out="bridge-report", seed: int = 0, quick: bool = False, plots: boo
     from .datasets.demo import load_demo
     from .evaluate import evaluate_route, r1_matrix
     from .gap import gap_report
-    from .store import atomic_dir
+    from .files import atomic_dir, dumps_json
     from .translators import PostHocTranslator
-    from .translators.base import _jsonable
 
     t0 = time.perf_counter()
     log = lambda m: _log(m, t0)  # noqa: E731
@@ -162,7 +160,7 @@ def run_demo(out="bridge-report", seed: int = 0, quick: bool = False, plots: boo
         figs = _plots(g, report, views, hop_reps, walks, tmp) if plots else []
         report["figures"] = figs
         report["seconds"] = time.perf_counter() - t0
-        (tmp / "report.json").write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+        (tmp / "report.json").write_text(dumps_json(report))
         (tmp / "index.html").write_text(_html(report))
         g.save(tmp / "graph")
     log(f"report written to {out}/ (index.html, report.json, {len(figs)} plots, graph/)")

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from .errors import DimensionMismatch, EmptyData, InvalidEmbeddings, UnknownNode
+from .retrieval import l2_normalize
 from .store import check_embeddings
 
 __all__ = [
@@ -52,7 +53,7 @@ def _f64(x, name: str, dim: int | None = None) -> np.ndarray:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+    return l2_normalize(x, check=False)
 
 
 def _same_dim(a: np.ndarray, b: np.ndarray, what: str) -> None:

@@ -12,7 +12,6 @@ parts fill the node attributes unless they are given explicitly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,24 +26,19 @@ from .errors import (
     NoPairs,
     UnknownNode,
 )
+from .retrieval import l2_normalize
 from .planner import Route, edge_cost, k_best_routes, route_cost
 from .store import (
     Cache,
     Pairs,
-    atomic_dir,
     check_embeddings,
     load_cache,
     pair_by_ids,
     pair_table,
-    save_cache,
     split_groups,
 )
 
 __all__ = ["ModalityGraph", "load_graph", "parse_node_name"]
-
-FORMAT = "modality-bridge-graph"
-FORMAT_VERSION = 1
-
 
 def parse_node_name(name: str) -> dict:
     """``"text:de@e5"`` -> ``{"modality": "text", "language": "de", "encoder": "e5"}``."""
@@ -365,7 +359,7 @@ class ModalityGraph:
         if k > 1:
             nodes = route.nodes if isinstance(route, Route) else tuple(route)
             routes = self.route(nodes[0], nodes[-1], k=k)
-            outs = [_unit(self.translate(x, r)) for r in routes]
+            outs = [l2_normalize(self.translate(x, r), check=False) for r in routes]
             if combine == "mean":
                 w = np.ones(len(routes))
             elif combine == "weighted":
@@ -455,53 +449,15 @@ class ModalityGraph:
         }
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path, caches: str = "auto") -> Path:
-        """Write the graph to folder ``path`` atomically.
+    def save(self, path, caches: str = "auto", overwrite: bool = False) -> Path:
+        """Write the graph to folder ``path`` atomically (see :func:`bridge.graph_io.save_graph`)."""
+        from .graph_io import save_graph
 
-        ``manifest.json`` lists nodes, edges, metrics, cache references and the package
-        version; every edge is a folder ``edges/NNN`` with ``config.json`` and
-        ``model.safetensors``. ``caches``: ``"auto"`` references caches read from a file
-        and copies in-memory ones into ``caches/``; ``"copy"`` copies all; ``"reference"``
-        copies none. If writing fails, the previous graph at ``path`` is left intact.
-        """
-        from . import __version__
-
-        if caches not in ("auto", "copy", "reference"):
-            raise ValueError(f"caches must be 'auto', 'copy' or 'reference', got {caches!r}")
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            nodes = []
-            for i, (n, d) in enumerate(self.G.nodes(data=True)):
-                c = d.get("cache")
-                ref = None
-                if c is not None:
-                    copy = caches == "copy" or (caches == "auto" and c.path is None)
-                    if copy:
-                        rel = f"caches/{i:03d}.safetensors"
-                        save_cache(tmp / rel, c, dtype=c.emb.dtype if c.emb.dtype == np.float16 else "float32")
-                        ref = {"stored": rel}
-                    else:
-                        ref = {"path": str(Path(c.path).resolve()) if c.path else None}
-                nodes.append({"name": n, **_node_attrs(d), "cache": ref})
-            edges = []
-            for i, (u, v, d) in enumerate(self.G.edges(data=True)):
-                rel = f"edges/{i:03d}"
-                d["translator"].save(tmp / rel)
-                edges.append({"src": u, "dst": v, "dir": rel, "kind": d["kind"], "cost": d["cost"],
-                              "metrics": d["metrics"], "split": d.get("split", {})})
-            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                        "bridge_version": __version__, "fractions": list(self.fractions),
-                        "seed": self.seed, "splits": self.splits, "nodes": nodes, "edges": edges}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        return path
+        return save_graph(self, path, caches=caches, overwrite=overwrite)
 
 
 def _node_attrs(d: dict) -> dict:
     return {k: v for k, v in d.items() if k != "cache"}
-
-
-def _unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _as_cache(cache, name) -> Cache | None:
@@ -512,42 +468,8 @@ def _as_cache(cache, name) -> Cache | None:
     return Cache.from_arrays(check_embeddings(cache, name), meta={"name": name})
 
 
-def load_graph(path, load_caches: bool = True) -> ModalityGraph:
-    """Read a graph written by :meth:`ModalityGraph.save`. Never unpickles anything.
+def load_graph(path, load_caches: bool = True, **kw) -> ModalityGraph:
+    """Read a graph written by :meth:`ModalityGraph.save` (see :func:`bridge.graph_io.load_graph`)."""
+    from .graph_io import load_graph as _load
 
-    Caches referenced by path are loaded when the file still exists; otherwise the node
-    is kept without embeddings (it can still translate).
-    """
-    from .translators import load_translator
-
-    path = Path(path)
-    mpath = path / "manifest.json"
-    if not mpath.exists():
-        raise CorruptFile(f"not a saved graph: {mpath} is missing")
-    try:
-        m = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptFile(f"{mpath} is not valid JSON: {e}") from e
-    if m.get("format") != FORMAT:
-        raise CorruptFile(f"{mpath}: format {m.get('format')!r}, expected {FORMAT!r}")
-    g = ModalityGraph(tuple(m.get("fractions", (0.8, 0.1, 0.1))), m.get("seed", 0),
-                      m.get("splits"))
-    try:
-        for nd in m["nodes"]:
-            nd = dict(nd)
-            name, ref = nd.pop("name"), nd.pop("cache", None)
-            cache = None
-            if load_caches and ref:
-                if ref.get("stored"):
-                    cache = load_cache(path / ref["stored"])
-                elif ref.get("path") and Path(ref["path"]).exists():
-                    cache = load_cache(ref["path"])
-            dim = nd.pop("dim")
-            g.add_node(name, cache, dim=dim, **nd)
-        for ed in m["edges"]:
-            T = load_translator(path / ed["dir"])
-            g.add_edge(ed["src"], ed["dst"], T, ed.get("metrics", {}))
-            g.G.edges[ed["src"], ed["dst"]]["split"] = ed.get("split", {})
-    except KeyError as e:
-        raise CorruptFile(f"{mpath}: missing field {e}") from e
-    return g
+    return _load(path, load_caches=load_caches, **kw)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .retrieval import l2_normalize
 from .store import check_embeddings
 
 __all__ = ["row_cosine", "reconstruction_loss", "paired_retrieval"]
@@ -51,8 +52,8 @@ def paired_retrieval(pred, target, labels=None, block: int = 2048) -> dict[str, 
 
         raise DimensionMismatch(f"pred has {pred.shape[0]} rows but target has {target.shape[0]}")
     lab = np.arange(pred.shape[0]) if labels is None else np.asarray(labels)
-    g = target / np.maximum(np.linalg.norm(target, axis=1, keepdims=True), 1e-12)
-    p = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+    g = l2_normalize(target, check=False)
+    p = l2_normalize(pred, check=False)
     hits = 0
     for s in range(0, p.shape[0], block):
         top = (p[s : s + block] @ g.T).argmax(1)

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DimensionMismatch, EmptyData, MissingExtra, UnknownNode
-from .store import atomic_write_bytes, check_embeddings
+from .files import atomic_write_bytes
+from .retrieval import l2_normalize
+from .store import check_embeddings
 
 __all__ = [
     "plot_projection",
@@ -231,7 +233,7 @@ def plot_projection(
     xs = [np.asarray(arrays[k][keep[k]], dtype=np.float64) for k in names]
     x = np.concatenate(xs)
     if normalize:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = l2_normalize(x, check=False)
     y, (xl, yl) = _project(x, method, seed)
     offsets = np.cumsum([0] + [len(v) for v in xs])
     proj = {k: y[offsets[i] : offsets[i + 1]] for i, k in enumerate(names)}

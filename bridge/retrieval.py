@@ -31,6 +31,7 @@ from .errors import BridgeError, DimensionMismatch, EmptyData
 from .store import check_embeddings
 
 __all__ = [
+    "l2_normalize",
     "normalize",
     "build_index",
     "search",
@@ -45,11 +46,20 @@ __all__ = [
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 
 
-def normalize(x, name: str = "embeddings") -> np.ndarray:
-    """Rows of ``x`` scaled to unit length, float32, C-contiguous (what Faiss wants)."""
-    x = check_embeddings(x, name).astype(np.float32, copy=True)
+def l2_normalize(x, name: str = "embeddings", check: bool = True) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length, float32, C-contiguous (what Faiss wants).
+
+    The package's one normaliser. All-zero rows stay zero. ``check=False`` skips the
+    validation of :func:`~bridge.store.check_embeddings` for arrays already checked.
+    """
+    if check:
+        x = check_embeddings(x, name)
+    x = np.array(x, dtype=np.float32, order="C", copy=True)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return np.ascontiguousarray(x)
+    return x
+
+
+normalize = l2_normalize  # the name the retrieval functions below use
 
 
 def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int = 128,

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CorruptFile, DimensionMismatch, EmptyData, InvalidEmbeddings, NoPairs
+from .files import atomic_dir, atomic_write_bytes, read_json, write_json
 
 __all__ = [
     "Cache",
@@ -43,9 +42,6 @@ __all__ = [
     "pair_table",
     "split_groups",
     "concat_caches",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_dir",
 ]
 
 
@@ -88,71 +84,6 @@ def check_embeddings(x, name: str = "embeddings", dim: int | None = None) -> np.
 def _as_str_array(values, name: str) -> np.ndarray:
     arr = np.asarray([str(v) for v in values], dtype=object)
     return arr
-
-
-# ---------------------------------------------------------------------------
-# atomic writes
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-class atomic_dir:
-    """Context manager that builds a directory beside ``path`` and swaps it in on success.
-
-    ``with atomic_dir(path) as tmp: write files into tmp``; when the block ends without an
-    exception the previous ``path`` (if any) is replaced by ``tmp``; otherwise ``tmp`` is
-    removed and ``path`` is untouched.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
-        os.chmod(self.tmp, 0o777 & ~_umask())
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -236,18 +167,9 @@ def _read_ids_file(path: Path) -> list[str] | None:
     for cand in (path.with_suffix(".ids.json"), path.with_suffix(".ids.txt")):
         if cand.exists():
             if cand.suffix == ".json":
-                return [str(v) for v in _read_json(cand)]
+                return [str(v) for v in read_json(cand)]
             return cand.read_text().splitlines()
     return None
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as e:
-        raise CorruptFile(f"missing file {path}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptFile(f"{path} is not valid JSON: {e}") from e
 
 
 def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
@@ -267,11 +189,11 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
             if not emb_path.exists():
                 raise CorruptFile(f"cache folder {p} has no embeddings.npy")
             emb = np.load(emb_path, mmap_mode="r" if mmap else None, allow_pickle=False)
-            ids = _read_json(p / "ids.json") if (p / "ids.json").exists() else None
+            ids = read_json(p / "ids.json") if (p / "ids.json").exists() else None
             if (p / "groups.json").exists():
-                groups = _read_json(p / "groups.json")
+                groups = read_json(p / "groups.json")
             if (p / "meta.json").exists():
-                m = _read_json(p / "meta.json")
+                m = read_json(p / "meta.json")
         elif p.suffix == ".npy":
             emb = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
             ids = _read_ids_file(p)
@@ -340,10 +262,10 @@ def save_cache(path: str | os.PathLike, cache: Cache, dtype="float16") -> Path:
     else:  # any other name is a cache folder ("en.minilm" included)
         with atomic_dir(p) as tmp:
             np.save(tmp / "embeddings.npy", emb, allow_pickle=False)
-            atomic_write_json(tmp / "ids.json", ids)
-            atomic_write_json(tmp / "meta.json", cache.meta)
+            write_json(tmp / "ids.json", ids)
+            write_json(tmp / "meta.json", cache.meta)
             if groups is not None:
-                atomic_write_json(tmp / "groups.json", groups)
+                write_json(tmp / "groups.json", groups)
     return p
 
 

@@ -38,7 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bridge.store import Cache, atomic_write_json, save_cache  # noqa: E402
+from bridge.files import write_json  # noqa: E402
+from bridge.retrieval import l2_normalize  # noqa: E402
+from bridge.store import Cache, save_cache  # noqa: E402
 
 LANGS = ["en", "de", "fr", "es"]
 N_NUMBERS = 400  # num:0 .. num:399 as words
@@ -72,8 +74,7 @@ def file_name(node: str) -> str:
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(x, check=False)
 
 
 # ---------------------------------------------------------------------------
@@ -499,7 +500,7 @@ def main(argv=None) -> int:
         }
         entry.update(audio_extra.get(nd["name"], {}))
         manifest_nodes.append(entry)
-    atomic_write_json(out / "texts.json", texts_json)
+    write_json(out / "texts.json", texts_json)
     build_s = time.time() - t_start
     manifest = {
         "name": "bridge demo data",
@@ -523,7 +524,7 @@ def main(argv=None) -> int:
         "build_seconds": round(build_s, 1),
         "built_with": "python scripts/build_demo_data.py",
     }
-    atomic_write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     for p in out.iterdir():  # temp files are created 0600; package data must be readable
         if p.is_file():
             p.chmod(0o644)

@@ -65,7 +65,7 @@ def test_interrupted_save_keeps_previous(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(store, "atomic_write_json", boom)
+    monkeypatch.setattr(store, "write_json", boom)
     with pytest.raises(RuntimeError):
         save_cache(tmp_path / "c", make_cache(seed=1))
     back = load_cache(tmp_path / "c")

@@ -57,8 +57,9 @@ def l2_normalize(x, name: str = "encoder output") -> np.ndarray:
     if not np.isfinite(x).all():
         bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
         raise InvalidEmbeddings(f"{name}: rows {bad[:10].tolist()} hold NaN or inf values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    from ..retrieval import l2_normalize as unit_rows
+
+    return unit_rows(x, check=False)
 
 
 @contextlib.contextmanager

@@ -28,14 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BridgeError, CorruptFile, DimensionMismatch, EmptyData
-from ..store import (
-    Cache,
-    atomic_dir,
-    atomic_write_bytes,
-    atomic_write_json,
-    load_cache,
-    save_cache,
-)
+from ..files import atomic_dir, atomic_write_bytes, write_json
+from ..store import Cache, load_cache, save_cache
 
 __all__ = [
     "build_cache",
@@ -170,7 +164,7 @@ def build_cache(
             )
             shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(man_path, manifest)
+    write_json(man_path, manifest)
 
     n_chunks = -(-n // chunk_size)
     bounds = [(k * chunk_size, min(n, (k + 1) * chunk_size)) for k in range(n_chunks)]

@@ -10,7 +10,6 @@ hyper-parameters, dimensions, fit report) and ``model.safetensors`` (the fitted 
 from __future__ import annotations
 
 import inspect
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import numpy as np
 
 from ..errors import CorruptFile, DimensionMismatch, NotFittedError
 from ..metrics import paired_retrieval
-from ..store import atomic_dir, check_embeddings
+from ..files import atomic_dir, dumps_json, read_json, to_jsonable
+from ..store import check_embeddings
 
 __all__ = ["Translator", "register", "load_translator", "TRANSLATORS", "make_translator"]
 
@@ -119,11 +119,11 @@ class Translator:
         self._check_fitted()
         return {
             "kind": self.kind,
-            "params": _jsonable(self.get_params()),
+            "params": to_jsonable(self.get_params()),
             "in_dim": self.in_dim_,
             "out_dim": self.out_dim_,
-            "fit_report": _jsonable(getattr(self, "fit_report_", {})),
-            "extra": _jsonable(self._extra_config()),
+            "fit_report": to_jsonable(getattr(self, "fit_report_", {})),
+            "extra": to_jsonable(self._extra_config()),
             "bridge_version": __version__,
         }
 
@@ -138,22 +138,10 @@ class Translator:
         tensors = {k: np.ascontiguousarray(v) for k, v in self._get_state().items()}
         blob = save(tensors)
         cfg = self.config()
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, kind="translator") as tmp:
             (tmp / "model.safetensors").write_bytes(blob)
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            (tmp / "config.json").write_text(dumps_json(cfg))
         return path
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 def make_translator(kind: str | Translator, **params) -> Translator:
@@ -188,10 +176,7 @@ def load_translator(path) -> Translator:
     for p in (cfg_path, w_path):
         if not p.exists():
             raise CorruptFile(f"translator file missing: {p}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptFile(f"{cfg_path} is not valid JSON: {e}") from e
+    cfg = read_json(cfg_path, "translator config")
     kind = cfg.get("kind")
     if kind not in TRANSLATORS:
         raise CorruptFile(f"{cfg_path}: unknown translator kind {kind!r}; expected one of {sorted(TRANSLATORS)}")

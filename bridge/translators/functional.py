@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..retrieval import l2_normalize
+
 __all__ = [
     "ridge_fit",
     "procrustes_fit",
     "affine_apply",
-    "l2_normalize",
     "relative_weights",
 ]
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
 def ridge_fit(
@@ -99,8 +95,8 @@ def relative_weights(
     clipped at zero and raised to ``power`` (the sharpening ASIF uses), then normalised to
     sum to one. Returns ``(idx (n, k), w (n, k))``.
     """
-    Xn = l2_normalize(X)
-    An = l2_normalize(anchors)
+    Xn = l2_normalize(X, check=False)
+    An = l2_normalize(anchors, check=False)
     k = min(k, An.shape[0])
     idx_out = np.empty((Xn.shape[0], k), dtype=np.int64)
     w_out = np.empty((Xn.shape[0], k), dtype=np.float32)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Translator, register
-from .functional import l2_normalize, relative_weights
+from ..retrieval import l2_normalize
+from .functional import relative_weights
 
 __all__ = ["RelativeTranslator"]
 
@@ -38,7 +39,7 @@ class RelativeTranslator(Translator):
             rng = np.random.default_rng(self.seed)
             keep = np.sort(rng.choice(n, self.n_anchors, replace=False))
             X, Y = X[keep], Y[keep]
-        self.anchors_x_ = l2_normalize(X)
+        self.anchors_x_ = l2_normalize(X, check=False)
         self.anchors_y_ = np.asarray(Y, dtype=np.float32)
         ks = [16, 64, 256] if self.k == "auto" else [int(self.k)]
         ps = [1.0, 4.0, 8.0, 16.0] if self.power == "auto" else [float(self.power)]
