@@ -40,6 +40,8 @@ __all__ = [
     "save_cache",
     "pair_by_ids",
     "pair_table",
+    "PairTable",
+    "as_pair_table",
     "split_groups",
     "concat_caches",
 ]
@@ -351,10 +353,69 @@ def _pair_groups(a: Cache, b: Cache, ar, br, which: str) -> np.ndarray:
     return a.ids[ar]
 
 
+@dataclass
+class PairTable:
+    """An explicit pairing of ids of node A with ids of node B (many to many).
+
+    ``a_ids[i]`` pairs with ``b_ids[i]``; ``groups[i]`` (optional) names the unit that must
+    stay in one split. Ids are looked up among every row that carries them, so
+    ``("digit:3", "num:3")`` pairs one image class with every row of that number.
+    """
+
+    a_ids: np.ndarray
+    b_ids: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.a_ids = _as_str_array(self.a_ids, "a_ids")
+        self.b_ids = _as_str_array(self.b_ids, "b_ids")
+        if self.a_ids.ndim != 1 or self.a_ids.shape != self.b_ids.shape:
+            raise DimensionMismatch(
+                f"a pair table needs two equal-length id columns, got {self.a_ids.shape[0]} "
+                f"and {self.b_ids.shape[0]} ids")
+        if self.groups is not None:
+            self.groups = _as_str_array(self.groups, "groups")
+            if self.groups.shape != self.a_ids.shape:
+                raise DimensionMismatch(f"pair table has {self.a_ids.shape[0]} pairs but "
+                                        f"{self.groups.shape[0]} groups")
+
+    def __len__(self) -> int:
+        return int(self.a_ids.shape[0])
+
+    @classmethod
+    def from_pairs(cls, pairs, groups=None) -> "PairTable":
+        """From a sequence of ``(id_a, id_b)`` tuples."""
+        pairs = list(pairs)
+        bad = [p for p in pairs if not isinstance(p, (tuple, list)) or len(p) != 2]
+        if bad:
+            raise DimensionMismatch(f"expected (id_a, id_b) pairs, got {bad[0]!r}")
+        return cls([p[0] for p in pairs], [p[1] for p in pairs], groups)
+
+    @classmethod
+    def read(cls, path) -> "PairTable":
+        """From a two-column CSV (or ``.tsv``) file, one pair a line."""
+        return cls.from_pairs(_read_pair_file(Path(path)))
+
+    def reversed(self) -> "PairTable":
+        return PairTable(self.b_ids, self.a_ids, self.groups)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(zip(self.a_ids.tolist(), self.b_ids.tolist()))
+
+
+def as_pair_table(table) -> PairTable:
+    """A :class:`PairTable` from a table, a list of ``(id_a, id_b)`` or a CSV/TSV path."""
+    if isinstance(table, PairTable):
+        return table
+    if isinstance(table, (str, os.PathLike)):
+        return PairTable.read(table)
+    return PairTable.from_pairs(table)
+
+
 def pair_table(
     a: Cache,
     b: Cache,
-    table: Sequence[tuple[str, str]] | str | os.PathLike,
+    table: "PairTable | Sequence[tuple[str, str]] | str | os.PathLike",
     groups: str = "a",
 ) -> Pairs:
     """Pair rows through an explicit table of ``(id_in_a, id_in_b)`` pairs.
@@ -363,8 +424,7 @@ def pair_table(
     class with all of its clips. ``table`` may also be a path to a CSV/TSV file with two
     columns (a header line is skipped when its values are not ids of either cache).
     """
-    if isinstance(table, (str, os.PathLike)):
-        table = _read_pair_file(Path(table))
+    table = as_pair_table(table).pairs()
     a_index: dict[str, list[int]] = {}
     for i, k in enumerate(a.ids):
         a_index.setdefault(k, []).append(i)
