@@ -18,6 +18,10 @@ __all__ = [
     "CorruptFile",
     "NoRoute",
     "MissingExtra",
+    "InvalidParameter",
+    "FolderExists",
+    "FolderLocked",
+    "SmallSampleWarning",
 ]
 
 
@@ -68,6 +72,25 @@ class CorruptFile(BridgeError, OSError):
 
 class NoRoute(BridgeError):
     """No path joins two nodes of the graph."""
+
+
+class InvalidParameter(BridgeError, ValueError):
+    """A hyper-parameter or argument outside its valid range or of the wrong type.
+
+    The message names the parameter, the value given and what was expected.
+    """
+
+
+class FolderExists(BridgeError, FileExistsError):
+    """A folder that holds something else than what is being written there."""
+
+
+class FolderLocked(BridgeError):
+    """A folder that another process is writing at the same time."""
+
+
+class SmallSampleWarning(UserWarning):
+    """A figure measured on so few held-out rows that it says little."""
 
 
 class MissingExtra(BridgeError, ImportError):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BridgeError, CorruptFile
+from .errors import BridgeError, CorruptFile, FolderExists
 
 __all__ = [
     "to_jsonable",
@@ -42,10 +42,6 @@ __all__ = [
 
 #: what :func:`folder_kind` recognises
 FOLDER_KINDS = ("graph", "translator", "cache", "cache-build", "report")
-
-
-class FolderExists(BridgeError, FileExistsError):
-    """A folder that holds something else than what is being written there."""
 
 
 # ---------------------------------------------------------------------------
