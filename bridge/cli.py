@@ -10,7 +10,10 @@
     bridge plot graph graphs/m30k --out graph.png
     bridge demo --out bridge-report
 
-Every command has ``--help``. Errors print one line naming the bad value and exit 2.
+Every command has ``--help``. A bad argument, spec or input file prints one line
+(``bridge: error: ...``) naming the bad value and exits 2, before anything is loaded,
+trained or written; only :class:`~bridge.errors.BridgeError` is reported that way, so an
+internal bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -20,18 +23,52 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import BridgeError
+from .errors import BridgeError, CorruptFile, InvalidParameter, UnknownNode
 from .files import dumps_json
 
 __all__ = ["main", "build_parser"]
 
+#: upper bounds of the integer options (beyond them a value is a typo, not a request)
+MAX_ROUTES = 1000
+MAX_CANDIDATES = 1_000_000
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``bridge: error: ...``."""
+
+    def error(self, message):
+        sub = self.prog[len("bridge"):].strip()
+        hint = f" (see 'bridge {sub + ' ' if sub else ''}--help')"
+        print(f"bridge: error: {message}{hint}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _int_range(low: int, high: int | None = None):
+    """An argparse type: an integer literal in ``[low, high]``."""
+    what = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s, 10)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return v
+
+    parse.__name__ = what
+    return parse
+
 
 def _csv(s: str) -> list[str]:
-    return [p.strip() for p in s.split(",") if p.strip()]
+    out = [p.strip() for p in s.split(",") if p.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected comma-separated node names, got {s!r}")
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bridge",
         description="Connect embedding spaces of pretrained encoders through a graph of translators.",
     )
@@ -57,9 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--id-column", default="id", help="CSV id column (with --csv)")
     pb.add_argument("--item-column", default=None, help="CSV item column (with --csv)")
     pb.add_argument("--ids", help="file with one id per row (default: row numbers or file stems)")
-    pb.add_argument("--limit", type=int, default=None, help="encode only the first N rows")
-    pb.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
+    pb.add_argument("--limit", type=_int_range(1), default=None, help="encode only the first N rows")
+    pb.add_argument("--chunk-size", type=_int_range(1), default=256, help="rows per resumable chunk")
     pb.add_argument("--out", required=True, help="cache folder to write")
+    pb.add_argument("--overwrite", action="store_true",
+                    help="replace --out even when it holds something else than a cache of the "
+                         "same encoder (its contents are deleted)")
     pb.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                     help="metadata to store (modality=text, language=de, ...)")
 
@@ -72,17 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
                                       "train every declared edge and save the graph.")
     pgb.add_argument("spec", help="graph spec (.toml)")
     pgb.add_argument("--out", help="where to save (default: the spec's [graph] out, else graphs/<spec name>)")
+    pgb.add_argument("--overwrite", action="store_true",
+                     help="replace --out even when it is not a saved graph (its contents are deleted)")
     pgs = gsub.add_parser("show", help="print a saved graph's nodes, edges and metrics")
     pgs.add_argument("graph", help="saved graph folder")
     pgs.add_argument("--json", action="store_true", help="print JSON")
+    pgs.add_argument("--allow-external", action="store_true",
+                    help="read caches that the graph references outside its folder "
+                         "(written for caches read in place); refused by default")
 
     # route
     pr = sub.add_parser("route", help="plan the cheapest route(s) between two nodes")
     pr.add_argument("graph", help="saved graph folder")
     pr.add_argument("src")
     pr.add_argument("dst")
-    pr.add_argument("--k", type=int, default=1, help="number of routes, cheapest first")
+    pr.add_argument("--k", type=_int_range(1, MAX_ROUTES), default=1,
+                    help="number of routes, cheapest first")
     pr.add_argument("--weight", default="cost", help="edge attribute to minimise (default: cost)")
+    pr.add_argument("--allow-external", action="store_true",
+                    help="read caches that the graph references outside its folder "
+                         "(written for caches read in place); refused by default")
 
     # eval
     pe = sub.add_parser("eval", help="evaluate routes on held-out pairs",
@@ -93,17 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("graph", help="saved graph folder")
     pe.add_argument("src", nargs="?")
     pe.add_argument("dst", nargs="?")
-    pe.add_argument("--k", type=int, default=1,
+    pe.add_argument("--k", type=_int_range(1, MAX_ROUTES), default=1,
                     help="average the outputs of the k cheapest routes (with --fuse: fuse the "
                          "k cheapest routes to each gallery node)")
-    pe.add_argument("--candidates", type=int, default=None,
+    pe.add_argument("--candidates", type=_int_range(1, MAX_CANDIDATES), default=None,
                     help="with --fuse: per-route Faiss search of this many candidates, then "
                          "exact re-scoring of their union (default: score every gallery row)")
     pe.add_argument("--fuse", type=_csv, help="comma-separated gallery nodes holding the same items")
-    pe.add_argument("--method", default="zscore", choices=["zscore", "rrf", "weighted"],
-                    help="score fusion (weighted: per-route weights fitted on validation pairs)")
+    pe.add_argument("--method", default=None, choices=["zscore", "rrf", "weighted"],
+                    help="with --fuse: score fusion (default zscore; weighted: per-route weights fitted on validation pairs)")
     pe.add_argument("--walk", type=_csv, help="comma-separated closed walk A,B,...,A")
     pe.add_argument("--json", help="also write the figures to this JSON file")
+    pe.add_argument("--allow-external", action="store_true",
+                    help="read caches that the graph references outside its folder "
+                         "(written for caches read in place); refused by default")
 
     # plot
     pp = sub.add_parser("plot", help="write PNG plots of a saved graph")
@@ -113,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--into", help="projection/gap: translate every node into this node's space first")
     pp.add_argument("--start", help="hops: the node the closed walks start from")
     pp.add_argument("--out", required=True, help="PNG file to write")
+    pp.add_argument("--allow-external", action="store_true",
+                    help="read caches that the graph references outside its folder "
+                         "(written for caches read in place); refused by default")
 
     # demo
     pd = sub.add_parser("demo", help="build the demo graph on the shipped dataset and write a report",
@@ -121,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "reconstruction, retrieval and gap benchmarks and writes a "
                                     "report folder (JSON, PNG plots, index.html).")
     pd.add_argument("--out", default="bridge-report", help="report folder (default: bridge-report)")
-    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--seed", type=_int_range(0, 2**32 - 1), default=0)
     pd.add_argument("--quick", action="store_true", help="fewer training epochs (a smoke run)")
     pd.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
@@ -133,10 +188,8 @@ def main(argv=None) -> int:
     try:
         return _dispatch(args, parser)
     except BridgeError as e:
-        print(f"bridge: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"bridge: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split())  # one line, whatever the message holds
+        print(f"bridge: error: {msg}", file=sys.stderr)
         return 2
 
 
@@ -166,10 +219,12 @@ def _cache_build(args) -> int:
 
     meta = {}
     for kv in args.meta:
-        if "=" not in kv:
-            raise ValueError(f"--meta expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        meta[k] = v
+        k, sep, v = kv.partition("=")
+        if not sep or not k.strip():
+            raise InvalidParameter(f"--meta expects KEY=VALUE, got {kv!r}")
+        meta[k.strip()] = v
+    enc_kwargs = _encoder_for_source(args)
+    _check_input_path(args)
     if args.text:
         items = read_lines(args.text, limit=args.limit)
         ids = [str(i) for i in range(len(items))]
@@ -177,22 +232,101 @@ def _cache_build(args) -> int:
         files = list_audio_files(args.audio_dir) if args.audio_dir else list_image_files(args.image_dir)
         files = files[: args.limit] if args.limit else files
         if not files:
-            raise ValueError(f"no audio or image files found in {args.audio_dir or args.image_dir}")
+            raise CorruptFile(f"no {'audio' if args.audio_dir else 'image'} files found in "
+                              f"{args.audio_dir or args.image_dir}")
         items = [str(f) for f in files]
         ids = [Path(f).stem for f in files]
     else:
         ids, items = read_csv_items(args.csv, args.id_column, args.item_column)
         ids, items = ids[: args.limit or None], items[: args.limit or None]
     if args.ids:
-        ids = Path(args.ids).read_text().splitlines()[: len(items)]
+        ids = _read_text(args.ids, "--ids").splitlines()[: len(items)]
         if len(ids) != len(items):
-            raise ValueError(f"--ids has {len(ids)} ids for {len(items)} rows; expected one id per row")
-    enc = get_encoder(args.encoder)
+            raise InvalidParameter(
+                f"--ids has {len(ids)} ids for {len(items)} rows; expected one id per row")
+    if not items:
+        raise CorruptFile(f"no rows to encode in {args.text or args.csv}")
+    enc = get_encoder(args.encoder, **enc_kwargs)
     meta.setdefault("encoder", args.encoder)
     meta.setdefault("modality", enc.modality)
-    cache = build_cache(enc, items, ids, args.out, chunk_size=args.chunk_size, meta=meta, progress=True)
+    cache = build_cache(enc, items, ids, args.out, chunk_size=args.chunk_size, meta=meta, progress=True,
+                        overwrite=args.overwrite)
     print(f"wrote {args.out}: {len(cache)} rows, dim {cache.dim}")
     return 0
+
+
+def _source_modality(args) -> str | None:
+    """The modality the input option implies (``--csv`` implies none)."""
+    if args.text:
+        return "text"
+    if args.audio_dir:
+        return "audio"
+    if args.image_dir:
+        return "image"
+    return None
+
+
+def _encoder_for_source(args) -> dict:
+    """Keyword arguments that build the encoder's side matching the input; refuses an
+    input the encoder has no side for (``--image-dir`` with a text encoder)."""
+    from .encoders import MultiModalEncoder, encoder_class
+
+    cls = encoder_class(args.encoder)  # UnknownEncoder names the registered ones
+    want = _source_modality(args)
+    multi = issubclass(cls, MultiModalEncoder)
+    sides = tuple(cls.modalities) if multi else (cls.modality,)
+    if want is None:
+        return {}
+    if want not in sides:
+        opt = {"text": "--text", "audio": "--audio-dir", "image": "--image-dir"}[want]
+        raise InvalidParameter(
+            f"{opt} gives {want} input but encoder {args.encoder!r} encodes "
+            f"{' and '.join(sides)} only; choose an encoder with {'an' if want[0] in 'aeiou' else 'a'} "
+            f"{want} side")
+    return {"modality": want} if multi else {}
+
+
+def _check_input_path(args) -> None:
+    for opt, path, folder in (("--text", args.text, False), ("--csv", args.csv, False),
+                              ("--ids", args.ids, False), ("--audio-dir", args.audio_dir, True),
+                              ("--image-dir", args.image_dir, True)):
+        if path is None:
+            continue
+        p = Path(path)
+        if not p.exists():
+            raise CorruptFile(f"{opt}: {'folder' if folder else 'file'} not found: {p}")
+        if folder and not p.is_dir():
+            raise CorruptFile(f"{opt}: expected a folder, got the file {p}")
+        if not folder and p.is_dir():
+            raise CorruptFile(f"{opt}: expected a file, got the folder {p}")
+
+
+def _read_text(path, opt: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CorruptFile(f"{opt}: file not found: {path}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise CorruptFile(f"{opt}: cannot read {path} as UTF-8 text ({e})") from None
+
+
+def _check_out_file(path, opt: str) -> None:
+    """An output file whose folder exists (checked before any work is done)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InvalidParameter(f"{opt}: expected a file name, got the folder {p}")
+    if not p.parent.is_dir() and str(p.parent) not in ("", "."):
+        raise InvalidParameter(f"{opt}: folder {p.parent} does not exist; create it first")
+
+
+def _check_nodes(g, names, opt: str) -> None:
+    for n in names:
+        if n not in g.nodes:
+            e = UnknownNode(n, g.nodes)
+            e.args = (f"{opt}: {e.args[0]}",)
+            raise e
 
 
 def _graph_build(args) -> int:
@@ -201,19 +335,20 @@ def _graph_build(args) -> int:
     spec = load_spec(args.spec)
     out = args.out or spec["graph"].get("out") or str(Path("graphs") / Path(args.spec).stem)
     graph = build_graph_from_spec(spec, progress=True)
-    graph.save(out)
+    graph.save(out, overwrite=args.overwrite)
     print(f"saved graph with {len(graph.nodes)} nodes and {len(graph.edges)} edges to {out}")
     return 0
 
 
-def _load(path):
+def _load(path, args, load_caches: bool = True):
     from .graph import load_graph
 
-    return load_graph(path)
+    return load_graph(path, load_caches=load_caches,
+                      allow_external=getattr(args, "allow_external", False))
 
 
 def _graph_show(args) -> int:
-    g = _load(args.graph)
+    g = _load(args.graph, args, load_caches=False)
     s = g.summary()
     if args.json:
         print(dumps_json(s), end="")
@@ -231,11 +366,49 @@ def _graph_show(args) -> int:
 
 
 def _route(args) -> int:
-    g = _load(args.graph)
+    g = _load(args.graph, args, load_caches=False)
+    _check_nodes(g, [args.src, args.dst], "route")
+    _check_weight(g, args.weight)
     routes = g.route(args.src, args.dst, k=args.k, weight=args.weight)
     for i, r in enumerate(routes if isinstance(routes, list) else [routes], 1):
         print(f"{i}. {r}")
     return 0
+
+
+def _check_weight(g, weight: str) -> None:
+    """``--weight`` must name a numeric attribute of every edge."""
+    for u, v, d in g.G.edges(data=True):
+        val = d.get(weight)
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            numeric = sorted(k for k, x in d.items()
+                             if isinstance(x, (int, float)) and not isinstance(x, bool))
+            raise InvalidParameter(
+                f"--weight {weight!r}: edge {u!r} -> {v!r} has no numeric attribute {weight!r}; "
+                f"numeric edge attributes: {numeric}")
+
+
+def _check_eval_args(args, parser) -> None:
+    """Combinations of eval options that cannot be meant, refused before loading anything."""
+    if args.walk and args.fuse:
+        raise InvalidParameter("--walk and --fuse exclude each other")
+    if args.walk:
+        if args.src or args.dst:
+            raise InvalidParameter("eval --walk takes no SRC or DST (the walk names its nodes)")
+        w = args.walk
+        if len(w) < 3 or w[0] != w[-1]:
+            raise InvalidParameter(f"--walk: expected a closed walk A,B,...,A of at least two "
+                                   f"hops, got {','.join(w)!r}")
+    if args.fuse and args.dst:
+        raise InvalidParameter("eval --fuse takes SRC only; the gallery nodes come from --fuse")
+    if args.fuse and not args.src:
+        raise InvalidParameter("eval --fuse needs SRC")
+    if not args.walk and not args.fuse and not (args.src and args.dst):
+        raise InvalidParameter("eval needs SRC and DST (or --walk, or SRC with --fuse)")
+    if not args.fuse:
+        for opt, val in (("--candidates", args.candidates), ("--method", args.method)):
+            if val is not None:
+                raise InvalidParameter(f"{opt} {val} applies to --fuse only")
+    _check_out_file(args.json, "--json")
 
 
 def _print_metrics(title, m):
@@ -247,7 +420,10 @@ def _print_metrics(title, m):
 def _eval(args, parser) -> int:
     from .evaluate import evaluate_route, fused_evaluation
 
-    g = _load(args.graph)
+    _check_eval_args(args, parser)
+    g = _load(args.graph, args)
+    _check_nodes(g, [n for n in (args.src, args.dst) if n] + list(args.walk or [])
+                 + list(args.fuse or []), "eval")
     result = {}
     if args.walk:
         rep = g.walk(args.walk)
@@ -263,13 +439,14 @@ def _eval(args, parser) -> int:
     elif args.fuse:
         if not args.src:
             parser.error("eval --fuse needs SRC")
-        r = fused_evaluation(g, args.src, args.fuse, k=args.k, method=args.method,
-                             val_weights=args.method == "weighted",
+        method = args.method or "zscore"
+        r = fused_evaluation(g, args.src, args.fuse, k=args.k, method=method,
+                             val_weights=method == "weighted",
                              candidates=args.candidates)
         result["fused"] = r
         for name, m in r["single"].items():
             _print_metrics(f"route {name}", m)
-        _print_metrics(f"fused ({args.method})", r["fused"])
+        _print_metrics(f"fused ({method})", r["fused"])
     else:
         if not (args.src and args.dst):
             parser.error("eval needs SRC and DST (or --walk, or SRC with --fuse)")
@@ -289,7 +466,18 @@ def _plot(args) -> int:
     from . import plots
     from .evaluate import r1_matrix
 
-    g = _load(args.graph)
+    if args.nodes and args.kind == "graph":
+        raise InvalidParameter("--nodes applies to plot heatmap, projection, gap and hops, "
+                               "not to plot graph (which draws every node)")
+    if args.into and args.kind not in ("projection", "gap"):
+        raise InvalidParameter(f"--into applies to plot projection and gap, not to plot {args.kind}")
+    if args.start and args.kind != "hops":
+        raise InvalidParameter(f"--start applies to plot hops, not to plot {args.kind}")
+    if args.kind == "hops" and not args.start:
+        raise InvalidParameter("plot hops needs --start NODE")
+    _check_out_file(args.out, "--out")
+    g = _load(args.graph, args, load_caches=args.kind != "graph")
+    _check_nodes(g, list(args.nodes or []) + [n for n in (args.into, args.start) if n], "plot")
     nodes = args.nodes or g.nodes
     if args.kind == "graph":
         ax = plots.plot_graph(_quality_graph(g), weight="r1")
@@ -305,8 +493,6 @@ def _plot(args) -> int:
 
             ax = plots.plot_gap_bars(gap_table(named))
     else:
-        if not args.start:
-            raise ValueError("plot hops needs --start NODE")
         from .demo import closed_walks
 
         walks = closed_walks(g, args.start, nodes=args.nodes)
@@ -338,7 +524,9 @@ def _views(g, nodes, into=None, max_rows=400):
         common = ids if common is None else common & ids
     common = sorted(common or [])[:max_rows]
     if not common:
-        raise ValueError(f"nodes {nodes} share no test ids")
+        from .errors import NoPairs
+
+        raise NoPairs(f"nodes {nodes} share no test ids; choose nodes with common test rows")
     out = {}
     for n in nodes:
         c = g.cache(n)

@@ -21,6 +21,7 @@ __all__ = [
     "InvalidParameter",
     "FolderExists",
     "FolderLocked",
+    "ExternalReference",
     "SmallSampleWarning",
 ]
 
@@ -74,10 +75,12 @@ class NoRoute(BridgeError):
     """No path joins two nodes of the graph."""
 
 
-class InvalidParameter(BridgeError, ValueError):
+class InvalidParameter(BridgeError, ValueError, TypeError):
     """A hyper-parameter or argument outside its valid range or of the wrong type.
 
-    The message names the parameter, the value given and what was expected.
+    The message names the parameter, the value given and what was expected. Like
+    scikit-learn's ``InvalidParameterError`` it is both a ``ValueError`` and a
+    ``TypeError``, so code that caught either before still catches it.
     """
 
 
@@ -87,6 +90,11 @@ class FolderExists(BridgeError, FileExistsError):
 
 class FolderLocked(BridgeError):
     """A folder that another process is writing at the same time."""
+
+
+class ExternalReference(BridgeError, PermissionError):
+    """A saved file that refers to a file outside its folder, read only when the caller
+    allows it explicitly (``allow_external=True``, CLI ``--allow-external``)."""
 
 
 class SmallSampleWarning(UserWarning):

@@ -4,6 +4,10 @@ Held-out pairs between two nodes are the test split of their pairs (shared ids o
 table), split by group exactly as the edges' training pairs were, so no test pair was seen
 by an edge trained between the same nodes; with shared group names (ids) the split of a
 group is the same on every edge (see :func:`bridge.store.split_groups`).
+
+Queries are translated and galleries read block by block (lazy views over the caches,
+:class:`bridge.chunks.RowView`), so evaluation on memory-mapped caches keeps its working
+memory bounded; small query sets that are scored more than once are translated once.
 """
 
 from __future__ import annotations
@@ -46,6 +50,16 @@ def held_out(graph, src: str, dst: str, pairs=None, split: str = "test") -> Held
     return HeldOut(q_rows, g_rows, [np.unique(np.asarray(r)) for r in relevant])
 
 
+def _translated(graph, src: str, rows, route, k: int = 1):
+    """Rows ``rows`` of ``src``'s cache translated along ``route`` lazily, block by block."""
+    from .chunks import MappedRows
+
+    r = route if k > 1 else graph._as_route(route)
+    dst = r[-1] if k > 1 else r.nodes[-1]
+    return MappedRows(graph.cache(src).emb, rows,
+                      lambda x: graph.translate(x, r, k=k), graph.node(dst)["dim"])
+
+
 def _relevant_arg(h: HeldOut):
     if h.one_to_one:
         return np.array([r[0] for r in h.relevant])
@@ -60,18 +74,19 @@ def evaluate_route(graph, src: str, dst: str, route=None, k: int = 1, pairs=None
     ``k`` cheapest routes. Returns the metrics of :func:`bridge.retrieval.retrieval_metrics`
     plus the route(s), their predicted cost and the counts.
     """
+    from .chunks import RowView
     from .retrieval import retrieval_metrics
 
     h = held_out(graph, src, dst, pairs, split)
-    x = graph.cache(src).vectors(h.q_rows)
     if route is None:
         routes = graph.route(src, dst, k=k)
         routes = routes if isinstance(routes, list) else [routes]
-        y = graph.translate(x, (src, dst), k=k) if k > 1 else graph.translate(x, routes[0])
+        y = _translated(graph, src, h.q_rows, (src, dst) if k > 1 else routes[0], k)
     else:
         routes = [graph._as_route(route)]
-        y = graph.translate(x, routes[0])
-    gallery = graph.cache(dst).vectors(h.g_rows)
+        y = _translated(graph, src, h.q_rows, routes[0])
+    # queries are translated and the gallery read block by block by the rank engine
+    gallery = RowView(graph.cache(dst).emb, h.g_rows)
     m = retrieval_metrics(y, gallery, _relevant_arg(h), ks=ks)
     m.update({"routes": [r.to_dict() for r in routes], "n_queries": int(h.q_rows.size),
               "n_gallery": int(h.g_rows.size)})
@@ -156,21 +171,23 @@ def fused_evaluation(graph, src: str, galleries=None, routes=None, k: int = 1,
     ``candidates`` switches from exact dense scoring to per-route Faiss candidate search.
     Returns the fused metrics, each single route's metrics and the routes.
     """
+    from .chunks import RowView, materialize
     from .fusion import fit_route_weights, fused_metrics
     from .retrieval import retrieval_metrics
 
     rts = fusion_routes(graph, src, galleries, routes, k)
 
     def views(which: str):
+        # lazy views: translated and read block by block (small query sets are translated
+        # once, as every view is scored more than once)
         h = held_out(graph, src, rts[0].nodes[-1], split=which)
         gids = graph.cache(rts[0].nodes[-1]).ids[h.g_rows]
-        x = graph.cache(src).vectors(h.q_rows)
         Q, G = [], []
         for r in rts:
             end = graph.cache(r.nodes[-1])
             rows = end.rows(gids)  # raises NoPairs naming the ids this gallery node lacks
-            Q.append(graph.translate(x, r))
-            G.append(end.vectors(rows))
+            Q.append(materialize(_translated(graph, src, h.q_rows, r)))
+            G.append(RowView(end.emb, rows))
         return Q, G, _relevant_arg(h)
 
     Q, G, rel = views(split)

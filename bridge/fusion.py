@@ -11,9 +11,16 @@ per-route cosine scores ``S_r = Q[r] . G[r]`` are fused:
   :func:`fit_route_weights`, which fits them on validation pairs).
 - ``"rrf"``: reciprocal-rank fusion ``sum_r 1 / (rrf_k + rank_r)``.
 
-Two ways to compute it: dense (every query against every gallery row, in blocks; exact) and
+Two ways to compute it: dense (every query against every gallery row; exact) and
 candidate search (:func:`fused_search`: each route's Faiss index returns its top
 ``candidates`` rows, the union is re-scored exactly and fused), which scales to large galleries.
+
+The dense path streams: z-score and weighted fusion are ranked by the exact rank engine of
+:mod:`bridge.retrieval` (for one query the fused score is, up to a constant, one inner
+product of the route views side by side, the query views scaled by ``w_r / std_r``), the
+gallery moments are accumulated over row blocks, and reciprocal-rank fusion takes a few
+queries at a time. Views may be arrays, memory maps or lazy row views
+(:class:`bridge.chunks.RowView`); none is copied whole.
 """
 
 from __future__ import annotations
@@ -22,8 +29,16 @@ import itertools
 
 import numpy as np
 
-from .errors import BridgeError, DimensionMismatch, EmptyData
+from .errors import BridgeError, DimensionMismatch, EmptyData, InvalidParameter
 from .retrieval import (
+    ENGINE_CELLS,
+    _check_index_options,
+    _metrics_from_csr,
+    _rank_engine,
+    _relevance_csr,
+    _source,
+    _check_k,
+    _check_ks,
     _ranks_dense,
     _ranks_from_lists,
     as_relevance,
@@ -45,8 +60,11 @@ def _views(Q, G):
     if len(Q) == 0 or len(Q) != len(G):
         raise DimensionMismatch(f"expected one gallery view per route: {len(Q)} query views, "
                                 f"{len(G)} gallery views")
-    Qn = [normalize(q, f"queries of route {i}") for i, q in enumerate(Q)]
-    Gn = [normalize(g, f"gallery of route {i}") for i, g in enumerate(G)]
+    from .chunks import check_header
+
+    # shapes and dtypes only: rows are read (and checked) block by block where used
+    Qn = [check_header(q, f"queries of route {i}") for i, q in enumerate(Q)]
+    Gn = [check_header(g, f"gallery of route {i}") for i, g in enumerate(G)]
     nq, ng = Qn[0].shape[0], Gn[0].shape[0]
     for i, (q, g) in enumerate(zip(Qn, Gn)):
         if q.shape[0] != nq or g.shape[0] != ng:
@@ -58,9 +76,21 @@ def _views(Q, G):
     return Qn, Gn
 
 
+def _normalised(Qs, Gs):
+    """Normalised in-memory copies of every view (for the dense matrix and Faiss paths)."""
+    return ([normalize(q, f"queries of route {i}") for i, q in enumerate(Qs)],
+            [normalize(g, f"gallery of route {i}") for i, g in enumerate(Gs)])
+
+
+def _check_method(method) -> str:
+    if not isinstance(method, str) or method not in FUSION_METHODS:
+        raise InvalidParameter(
+            f"unknown fusion method {method!r}; expected one of {FUSION_METHODS}")
+    return method
+
+
 def _weights(method, weights, n):
-    if method not in FUSION_METHODS:
-        raise BridgeError(f"unknown fusion method {method!r}; expected one of {FUSION_METHODS}")
+    _check_method(method)
     if method == "weighted":
         if weights is None:
             raise BridgeError("method='weighted' needs per-route weights "
@@ -73,12 +103,22 @@ def _weights(method, weights, n):
 
 
 class _Moments:
-    """Per-query mean and std of ``q . g`` over all gallery rows, without the score matrix."""
+    """Per-query mean and std of ``q . g`` over all gallery rows, without the score matrix.
 
-    def __init__(self, g: np.ndarray):
-        g64 = g.astype(np.float64)
-        self.mu = g64.mean(0)
-        self.second = g64.T @ g64 / g64.shape[0]
+    The gallery's mean row and second-moment matrix are accumulated over normalised row
+    blocks (``d x d`` memory, whatever the gallery size).
+    """
+
+    def __init__(self, g, name: str = "gallery"):
+        n, d, block, _ = _source(g, name, False)
+        mu, second = np.zeros(d), np.zeros((d, d))
+        step = max(1, ENGINE_CELLS // max(d, 1))
+        for s in range(0, n, step):
+            G = block(s, min(n, s + step)).astype(np.float64)
+            mu += G.sum(0)
+            second += G.T @ G
+        self.mu = mu / n
+        self.second = second / n
 
     def __call__(self, q: np.ndarray):
         q64 = q.astype(np.float64)
@@ -105,7 +145,7 @@ def _dense_block(Qb, Gn, moments, method, w):
 
 def fuse_scores(Q, G, method: str = "zscore", weights=None) -> np.ndarray:
     """The dense fused score matrix ``(n_queries, n_gallery)`` (see the module doc)."""
-    Qn, Gn = _views(Q, G)
+    Qn, Gn = _normalised(*_views(Q, G))
     w = _weights(method, weights, len(Qn))
     moments = [_Moments(g) for g in Gn]
     return _dense_block(Qn, Gn, moments, method, w)
@@ -119,7 +159,11 @@ def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
     rows; the union is re-scored exactly in every route and fused. Returns
     ``(scores, rows)``, best first (``rows`` is ``-1`` where fewer than ``k`` were found).
     """
-    Qn, Gn = _views(Q, G)
+    k = _check_k(k)
+    candidates = _check_k(candidates, "candidates")
+    _check_method(method)
+    _check_index_options(kind, index_opts)
+    Qn, Gn = _normalised(*_views(Q, G))
     w = _weights(method, weights, len(Qn))
     ng = Gn[0].shape[0]
     c = int(min(candidates, ng))
@@ -155,33 +199,119 @@ def fused_metrics(Q, G, relevant=None, method: str = "zscore", weights=None, ks=
     ``candidates=None`` scores every gallery row (exact ranks). An integer uses
     :func:`fused_search`: a right row outside the fused candidate list counts as not found.
     """
+    ks = _check_ks(ks)
+    _check_method(method)
+    candidates = _check_k(candidates, "candidates", allow_none=True)
+    block = _check_k(block, "block")
+    _check_index_options(index_opts.get("kind", "flat"),
+                         {k: v for k, v in index_opts.items() if k != "kind"})
     Qn, Gn = _views(Q, G)
     nq, ng = Qn[0].shape[0], Gn[0].shape[0]
-    rel = as_relevance(relevant, nq, ng)
+    if candidates is not None:
+        candidates = min(candidates, ng)  # more candidates than rows is every row
     w = _weights(method, weights, len(Qn))
-    if candidates is None:
-        moments = [_Moments(g) for g in Gn]
-        ranks = []
-        for s in range(0, nq, block):
-            F = _dense_block([q[s:s + block] for q in Qn], Gn, moments, method, w)
-            ranks.extend(_ranks_dense(F[i], rel[s + i]) for i in range(F.shape[0]))
+    ks = tuple(int(k) for k in ks)
+    if candidates is None and method != "rrf":
+        indptr, rows = _relevance_csr(relevant, nq, ng)
+        if np.any(np.diff(indptr) == 0):
+            as_relevance(relevant, nq, ng)  # raises, naming the query without a right row
+        ranks = _fused_ranks(Qn, Gn, indptr, rows, w, [_Moments(g) for g in Gn], block)
+        m = _metrics_from_csr(indptr, ranks, ks)
+        m.update({"n_gallery": int(ng), "method": method, "routes": len(Qn),
+                  "candidates": candidates})
+        return m
+    rel = as_relevance(relevant, nq, ng)
+    if candidates is None:  # rrf: every route's full rank of every gallery row
+        ranks = _rrf_ranks(Qn, Gn, rel, block)
     else:
         _, rows = fused_search(Qn, Gn, k=int(candidates) * len(Qn), method=method, weights=w,
                                candidates=candidates, **index_opts)
         ranks = _ranks_from_lists(rows, rel)
-    m = metrics_from_ranks(ranks, tuple(int(k) for k in ks))
+    m = metrics_from_ranks(ranks, ks)
     m.update({"n_gallery": int(ng), "method": method, "routes": len(Qn),
               "candidates": candidates})
     return m
+
+
+def _fused_ranks(Qs, Gs, indptr, rows, w, moments, block: int) -> np.ndarray:
+    """Exact ranks under (weighted) z-score fusion, counted by the streamed rank engine.
+
+    For one query the fused score ``sum_r w_r (S_r - mean_r) / sd_r`` is, up to a constant,
+    the inner product of the route views stacked side by side, each query view scaled by
+    ``w_r / sd_r``: the engine ranks that product with the galleries streaming by blocks
+    (no score matrix of the whole gallery, no normalised copy of any view).
+    """
+    qs = [_source(q, f"queries of route {r}", False) for r, q in enumerate(Qs)]
+    gs = [_source(g, f"gallery of route {r}", False) for r, g in enumerate(Gs)]
+    nq, ng = qs[0][0], gs[0][0]
+    dim = sum(g[1] for g in gs)
+    plain = len(Qs) == 1 and w[0] > 0  # a positive scale changes no ranking
+
+    def qblock(s, e):
+        parts = []
+        for r, src in enumerate(qs):
+            q = src[2](s, e)
+            if not plain:
+                _, sd = moments[r](q)
+                q = q * (w[r] / sd).astype(np.float32)[:, None]
+            parts.append(q)
+        return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+    def gblock(s, e):
+        return np.ascontiguousarray(np.concatenate([g[2](s, e) for g in gs], axis=1))
+
+    def grows(idx):
+        return np.ascontiguousarray(np.concatenate([g[3](idx) for g in gs], axis=1))
+
+    return _rank_engine(qblock, gblock, grows, nq, ng, dim, indptr, rows, block)
+
+
+def _rrf_ranks(Qs, Gs, rel, block: int) -> list[np.ndarray]:
+    """Ranks under reciprocal-rank fusion: a few queries at a time get every route's full
+    score rows (the galleries stream by blocks into them), so memory stays bounded."""
+    qs = [_source(q, f"queries of route {r}", False) for r, q in enumerate(Qs)]
+    gs = [_source(g, f"gallery of route {r}", False) for r, g in enumerate(Gs)]
+    nq, ng = qs[0][0], gs[0][0]
+    b = max(1, min(block, ENGINE_CELLS // max(ng, 1)))
+    step = max(1, ENGINE_CELLS // max(b, 1))
+    out = []
+    for s in range(0, nq, b):
+        e = min(nq, s + b)
+        F = np.zeros((e - s, ng))
+        for qsrc, gsrc in zip(qs, gs):
+            q = qsrc[2](s, e)
+            S = np.empty((e - s, ng), dtype=np.float32)
+            for g0 in range(0, ng, step):
+                g1 = min(ng, g0 + step)
+                S[:, g0:g1] = q @ gsrc[2](g0, g1).T
+            order = np.argsort(-S, axis=1, kind="stable")
+            del S
+            ranks = np.empty_like(order)
+            np.put_along_axis(ranks, order, np.arange(1, ng + 1)[None, :], axis=1)
+            del order
+            F += 1.0 / (RRF_K + ranks)
+        out.extend(_ranks_dense(F[i], rel[s + i]) for i in range(F.shape[0]))
+    return out
 
 
 def simplex_grid(n: int, step: float = 0.1) -> np.ndarray:
     """All weight vectors of ``n`` non-negative entries, multiples of ``step``, summing to 1."""
     if n < 1:
         raise EmptyData("expected at least one route")
+    _check_step(step)
     m = int(round(1.0 / step))
     pts = [c for c in itertools.product(range(m + 1), repeat=n - 1) if sum(c) <= m]
     return np.array([[*c, m - sum(c)] for c in pts], dtype=np.float64) / m
+
+
+def _check_step(step) -> float:
+    from .params import check_real
+
+    step = check_real("step", step, 0, 1, closed="right")
+    if abs(1.0 / step - round(1.0 / step)) > 1e-6:
+        raise InvalidParameter(f"parameter 'step' must divide 1 evenly (0.1, 0.25, 0.5...), "
+                               f"got {step!r}")
+    return step
 
 
 def fit_route_weights(Q, G, relevant=None, step: float = 0.1, metric: str = "R@1") -> np.ndarray:
@@ -191,19 +321,22 @@ def fit_route_weights(Q, G, relevant=None, step: float = 0.1, metric: str = "R@1
     ``metric`` (ties: higher MRR, then the weights closest to uniform). Pass validation
     queries and gallery here and apply the weights to test.
     """
+    _check_step(step)
+    if metric not in ("R@1", "R@5", "R@10", "MRR", "mAP"):
+        raise InvalidParameter(f"unknown metric {metric!r}; expected one of "
+                               "['R@1', 'R@5', 'R@10', 'MRR', 'mAP']")
     Qn, Gn = _views(Q, G)
     n = len(Qn)
-    rel = as_relevance(relevant, Qn[0].shape[0], Gn[0].shape[0])
+    nq, ng = Qn[0].shape[0], Gn[0].shape[0]
+    indptr, rows = _relevance_csr(relevant, nq, ng)
+    if np.any(np.diff(indptr) == 0):
+        as_relevance(relevant, nq, ng)  # raises, naming the query without a right row
     moments = [_Moments(g) for g in Gn]
-    Z = []  # per-route z-scored matrices, computed once
-    for r in range(n):
-        S = (Qn[r] @ Gn[r].T).astype(np.float64)
-        mean, sd = moments[r](Qn[r])
-        Z.append((S - mean[:, None]) / sd[:, None])
     best, best_key = None, None
     for wv in simplex_grid(n, step):
-        F = sum(wv[r] * Z[r] for r in range(n))
-        m = metrics_from_ranks([_ranks_dense(F[i], rel[i]) for i in range(F.shape[0])], ks=(1, 5, 10))
+        # each candidate weighting is ranked exactly by the streamed engine
+        ranks = _fused_ranks(Qn, Gn, indptr, rows, wv, moments, 1024)
+        m = _metrics_from_csr(indptr, ranks, (1, 5, 10))
         key = (round(m[metric], 9), round(m["MRR"], 9), -float(np.abs(wv - 1.0 / n).sum()))
         if best_key is None or key > best_key:
             best, best_key = wv, key

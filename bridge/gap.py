@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .errors import DimensionMismatch, EmptyData, InvalidEmbeddings, UnknownNode
+from .errors import DimensionMismatch, EmptyData, InvalidEmbeddings, InvalidParameter, UnknownNode
 from .retrieval import l2_normalize
 from .store import check_embeddings
 
@@ -128,7 +128,7 @@ def linear_separability(
     b = _f64(b, "b")
     _same_dim(a, b, "linear_separability")
     if not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must lie strictly between 0 and 1, got {test_size}")
+        raise InvalidParameter(f"test_size must lie strictly between 0 and 1, got {test_size}")
     _min_rows(a, 4, "a", "linear_separability")
     _min_rows(b, 4, "b", "linear_separability")
     rng = np.random.default_rng(seed)
@@ -163,7 +163,7 @@ def alignment(a, b, alpha: float = 2) -> float:
     _same_dim(a, b, "alignment")
     _same_rows(a, b, "alignment")
     if alpha <= 0:
-        raise ValueError(f"alpha must be positive, got {alpha}")
+        raise InvalidParameter(f"alpha must be positive, got {alpha}")
     d = np.linalg.norm(_unit(a) - _unit(b), axis=1)
     return float(np.mean(d**alpha))
 
@@ -177,7 +177,7 @@ def uniformity(x, t: float = 2, max_rows: int | None = 2000, seed: int = 0) -> f
     x = _f64(x, "x")
     _min_rows(x, 2, "x", "uniformity")
     if t <= 0:
-        raise ValueError(f"t must be positive, got {t}")
+        raise InvalidParameter(f"t must be positive, got {t}")
     rng = np.random.default_rng(seed)
     x = _unit(x[_subsample(x.shape[0], max_rows, rng)])
     n = x.shape[0]
@@ -246,7 +246,7 @@ def mutual_knn(a, b, k: int = 10, normalize: bool = True) -> float:
     n = a.shape[0]
     k = int(k)
     if not 1 <= k <= n - 2:
-        raise ValueError(
+        raise InvalidParameter(
             f"mutual_knn: k must lie in [1, rows - 2] = [1, {n - 2}] for {n} rows, got {k}"
         )
     if normalize:
@@ -322,7 +322,7 @@ def gap_table(
     rows = []
     for pair in pairs:
         if len(pair) != 2:
-            raise ValueError(f"gap_table: expected (name_a, name_b) pairs, got {pair!r}")
+            raise InvalidParameter(f"gap_table: expected (name_a, name_b) pairs, got {pair!r}")
         na, nb = pair
         for nm in (na, nb):
             if nm not in named:

@@ -2,9 +2,12 @@
 
 Built on :class:`networkx.DiGraph`. Node attributes: ``cache`` (a
 :class:`~bridge.store.Cache` or None), ``modality``, ``language``, ``encoder``, ``dim``.
-Edge attributes: ``translator`` (fitted), ``metrics`` (held-out figures: ``val_R@1``,
-``val_cos``, ``test_R@1``, ``test_cos``, sizes), ``cost`` (planner cost from the
-validation R@1, see :func:`bridge.planner.edge_cost`) and ``split`` (how pairs were split).
+Edge attributes: ``translator`` (fitted), ``metrics`` (held-out figures: ``val_R@1``
+and its lower confidence bound ``val_R@1_lcb``, ``val_cos``, ``test_R@1``,
+``test_R@1_lcb``, ``test_cos`` and the pair counts ``n_train``, ``n_val``, ``n_test``),
+``cost`` (planner cost from the lower bound of the validation R@1, see
+:func:`bridge.planner.edge_cost`) and ``split`` (how pairs were split). R@1 is counted by
+:func:`bridge.metrics.paired_retrieval`: ties count against the query.
 
 Node names follow ``modality[:language]@encoder`` (``text:de@e5``, ``audio@aisfx``); the
 parts fill the node attributes unless they are given explicitly.
@@ -12,6 +15,10 @@ parts fill the node attributes unless they are given explicitly.
 
 from __future__ import annotations
 
+import copy
+import math
+import numbers
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,11 +30,13 @@ from .errors import (
     CorruptFile,
     DimensionMismatch,
     DuplicateNode,
+    InvalidParameter,
     NoPairs,
+    SmallSampleWarning,
     UnknownNode,
 )
 from .retrieval import l2_normalize
-from .planner import Route, edge_cost, k_best_routes, route_cost
+from .planner import Route, edge_cost, k_best_routes, route_cost, wilson_lower_bound
 from .store import (
     Cache,
     Pairs,
@@ -38,12 +47,51 @@ from .store import (
     split_groups,
 )
 
-__all__ = ["ModalityGraph", "load_graph", "parse_node_name"]
+__all__ = ["ModalityGraph", "load_graph", "parse_node_name", "MIN_TRAIN", "MIN_VAL", "WARN_VAL"]
+
+#: an edge is refused with fewer training pairs than this (graph setting ``min_train``)
+MIN_TRAIN = 2
+#: an edge is refused with fewer validation pairs than this (graph setting ``min_val``)
+MIN_VAL = 5
+#: an edge scored on fewer validation pairs than this warns (graph setting ``warn_val``)
+WARN_VAL = 30
+
+
+def _as_int(name: str, value, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
+        raise InvalidParameter(f"{name} must be an integer >= {lowest}, got {value!r}")
+    return int(value)
+
+
+def _check_rule(splits):
+    """``splits`` if it is a valid split rule: None, ``"prefix"`` or a dict of disjoint groups."""
+    if splits is None or (isinstance(splits, str) and splits == "prefix"):
+        return splits
+    if not isinstance(splits, dict):
+        raise InvalidParameter(f"splits must be None, 'prefix' or a dict "
+                               f"{{'train': groups, 'val': groups, 'test': groups}}, got {splits!r}")
+    unknown = sorted(map(str, set(splits) - {"train", "val", "test"}))
+    if unknown:
+        raise InvalidParameter(f"splits: unknown keys {unknown}; expected 'train', 'val', 'test'")
+    sets = {}
+    for key, groups in splits.items():
+        if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
+            raise InvalidParameter(f"splits[{key!r}] must be a list of group names, got {groups!r}")
+        sets[key] = set(map(str, groups))
+    keys = sorted(sets)
+    for i, k1 in enumerate(keys):
+        for k2 in keys[i + 1:]:
+            both = sorted(sets[k1] & sets[k2])
+            if both:
+                raise InvalidParameter(f"splits: {len(both)} groups are in both {k1!r} and {k2!r} "
+                                       f"(first: {both[:3]}); a group may be in one split only")
+    return splits
+
 
 def parse_node_name(name: str) -> dict:
     """``"text:de@e5"`` -> ``{"modality": "text", "language": "de", "encoder": "e5"}``."""
     if not isinstance(name, str) or not name:
-        raise ValueError(f"node name must be a non-empty string, got {name!r}")
+        raise InvalidParameter(f"node name must be a non-empty string, got {name!r}")
     space, _, encoder = name.partition("@")
     modality, _, language = space.partition(":")
     return {"modality": modality or None, "language": language or None, "encoder": encoder or None}
@@ -77,16 +125,52 @@ class ModalityGraph:
         given another: ``None`` (seeded hash of the group, with ``fractions``),
         ``"prefix"`` (the group's ``train:``/``val:``/``test:`` prefix) or
         ``{"train": groups, "val": groups, "test": groups}``.
+    min_train, min_val : the fewest training and validation pairs an edge may be trained
+        and scored on; :meth:`connect` refuses a split with fewer (:class:`NoPairs`).
+        Defaults: 2 and 5.
+    warn_val : below this many validation pairs (default 30) :meth:`connect` warns with
+        :class:`~bridge.errors.SmallSampleWarning`: the edge's R@1 is then a rough
+        figure, which its cost already discounts (see :func:`bridge.planner.edge_cost`).
+
+    Every setting is in :meth:`settings`; :meth:`copy` carries them all.
     """
 
     def __init__(self, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
-                 splits: str | dict | None = None):
+                 splits: str | dict | None = None, min_train: int = MIN_TRAIN,
+                 min_val: int = MIN_VAL, warn_val: int = WARN_VAL):
         self.G = nx.DiGraph()
-        self.fractions = tuple(float(f) for f in fractions)
-        self.seed = int(seed)
-        if splits is not None and splits != "prefix" and not isinstance(splits, dict):
-            raise ValueError(f"splits must be None, 'prefix' or a dict of groups, got {splits!r}")
-        self.splits = splits
+        try:
+            fr = tuple(float(f) for f in fractions)
+        except (TypeError, ValueError):
+            fr = None
+        if (fr is None or len(fr) != 3 or not all(math.isfinite(f) and f >= 0 for f in fr)
+                or abs(sum(fr) - 1.0) > 1e-5):
+            raise InvalidParameter(f"fractions must be three non-negative numbers summing to 1 "
+                                   f"(train, val, test), got {fractions!r}")
+        self.fractions = fr
+        self.seed = _as_int("seed", seed, 0)
+        self.splits = _check_rule(splits)
+        self.min_train = _as_int("min_train", min_train, 1)
+        self.min_val = _as_int("min_val", min_val, 1)
+        self.warn_val = _as_int("warn_val", warn_val, 0)
+
+    def settings(self) -> dict:
+        """Every setting of the graph, as the keyword arguments of :class:`ModalityGraph`
+        (JSON-ready: ``ModalityGraph(**g.settings())`` rebuilds an empty graph like ``g``)."""
+        return {"fractions": list(self.fractions), "seed": self.seed, "splits": self.splits,
+                "min_train": self.min_train, "min_val": self.min_val, "warn_val": self.warn_val}
+
+    def copy(self) -> "ModalityGraph":
+        """A graph with the same settings and a shallow copy of the nodes and edges.
+
+        The copy's structure is its own (adding or removing nodes and edges leaves this
+        graph alone); translators and caches are shared, not copied.
+        """
+        s = self.settings()
+        s["splits"] = copy.deepcopy(s["splits"])
+        g = ModalityGraph(**s)
+        g.G = self.G.copy()
+        return g
 
     # ------------------------------------------------------------------ nodes
     def __contains__(self, name) -> bool:
@@ -129,7 +213,7 @@ class ModalityGraph:
                 raise DimensionMismatch(f"node {name!r}: dim={dim} given but its cache has dimension {cache.dim}")
             dim = cache.dim
         if dim is None:
-            raise ValueError(f"node {name!r}: give a cache or its dimension")
+            raise InvalidParameter(f"node {name!r}: give a cache or its dimension (dim), got neither")
         info = parse_node_name(name)
         if cache is not None:
             for k in ("modality", "language", "encoder"):
@@ -153,8 +237,7 @@ class ModalityGraph:
             raise DuplicateNode(f"node {name!r} is already in the graph; remove it first or pick another name")
         targets = [] if link_to is None else [link_to] if isinstance(link_to, str) else list(link_to)
         self._check_node(*targets)
-        staged = ModalityGraph(self.fractions, self.seed)
-        staged.G = self.G.copy()  # shallow: translators and caches are shared, not copied
+        staged = self.copy()  # every setting; translators and caches are shared, not copied
         staged.add_node(name, cache, modality=modality, language=language, encoder=encoder)
         reports = {}
         for t in targets:
@@ -184,7 +267,7 @@ class ModalityGraph:
         from ``splits = {"train": groups, "val": groups, "test": groups}``, or with
         ``splits="prefix"`` from the group's prefix (``"train:12"`` is a train group; see
         :func:`bridge.store.concat_caches`). ``splits=None`` applies the graph's rule."""
-        return self._split_groups(pairs.groups, self.splits if splits is None else splits)
+        return self._split_groups(pairs.groups, self.splits if splits is None else _check_rule(splits))
 
     def _split_groups(self, groups: np.ndarray, splits) -> dict[str, np.ndarray]:
         if splits is None:
@@ -211,7 +294,12 @@ class ModalityGraph:
         trained together with a cycle-consistency term. ``post`` adds post-hoc alignment
         fitted on the training pairs after training (``"center"``, ``"procrustes"`` or
         ``"center+procrustes"``, see :class:`~bridge.translators.PostHocTranslator`).
-        Returns ``{(src, dst): metrics}``.
+
+        Pairs are split by ``splits`` or else the graph's rule. A split with fewer than
+        ``min_train`` training or ``min_val`` validation pairs (graph settings, 2 and 5 by
+        default) is refused with :class:`NoPairs` naming the counts and the rule, before
+        anything is trained; fewer than ``warn_val`` (30) validation pairs warns with
+        :class:`~bridge.errors.SmallSampleWarning`. Returns ``{(src, dst): metrics}``.
         """
         from .translators import make_translator
         from .translators.posthoc import PostHocTranslator, parse_post
@@ -219,16 +307,13 @@ class ModalityGraph:
         post_steps = parse_post(post)
         self._check_node(a, b)
         if directions not in ("both", "forward", "backward"):
-            raise ValueError(f"directions must be 'both', 'forward' or 'backward', got {directions!r}")
+            raise InvalidParameter(f"directions must be 'both', 'forward' or 'backward', got {directions!r}")
+        if not (isinstance(cycle_weight, numbers.Real) and math.isfinite(cycle_weight)
+                and cycle_weight >= 0):
+            raise InvalidParameter(f"cycle_weight must be a finite number >= 0, got {cycle_weight!r}")
         P = self.pairs(a, b, pairs)
         idx = self.split(P, splits)
-        for key in ("train", "val"):
-            if idx[key].size == 0:
-                raise NoPairs(
-                    f"edge {a!r} -> {b!r}: the {key} split holds no pairs "
-                    f"({len(P)} pairs in {len(np.unique(P.groups))} groups); "
-                    "more paired groups are needed"
-                )
+        self._check_split_sizes(a, b, P, idx, self.splits if splits is None else splits)
         labels = pair_components(P)
         ca, cb = self.cache(a), self.cache(b)
         params = dict(fit_options)
@@ -245,7 +330,8 @@ class ModalityGraph:
         kind = translator if isinstance(translator, str) else getattr(translator, "kind", None)
         if directions == "both" and cycle_weight > 0:
             if kind != "mlp":
-                raise ValueError("cycle_weight needs translator='mlp' (both directions trained together)")
+                raise InvalidParameter(f"cycle_weight={cycle_weight!r} needs translator='mlp' (both "
+                                       f"directions trained together), got translator={kind!r}")
             fitted = self._fit_pair_with_cycle(a, b, P, idx, labels, translator, params, cycle_weight)
         else:
             for src, dst, Q in todo:
@@ -269,6 +355,27 @@ class ModalityGraph:
             self._put_edge(src, dst, T, metrics, split_info)
             reports[(src, dst)] = metrics
         return reports
+
+    def _check_split_sizes(self, a, b, P: Pairs, idx, rule) -> None:
+        """Refuse a split too small to train or score an edge; warn when val is small."""
+        counts = {k: int(v.size) for k, v in idx.items()}
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+        rule_name = (f"{rule!r}" if isinstance(rule, str) else "a dict of groups" if rule
+                     else f"hash split with fractions {list(self.fractions)}, seed {self.seed}")
+        where = (f"edge {a!r} -> {b!r}: {len(P)} pairs in {len(np.unique(P.groups))} groups "
+                 f"split by {rule_name} into {shown}")
+        for key, least in (("train", self.min_train), ("val", self.min_val)):
+            if counts[key] == 0:
+                raise NoPairs(f"{where}; the {key} split holds no pairs; more paired groups "
+                              "are needed")
+            if counts[key] < least:
+                raise NoPairs(f"{where}; the {key} split holds {counts[key]} pairs, fewer than "
+                              f"the graph's min_{key}={least}; give more paired groups (or "
+                              f"lower min_{key})")
+        if counts["val"] < self.warn_val:
+            warnings.warn(f"{where}; its val R@1 is measured on only {counts['val']} pairs "
+                          f"(fewer than warn_val={self.warn_val}): a rough figure, which the "
+                          "edge's cost discounts", SmallSampleWarning, stacklevel=3)
 
     def _fit_pair_with_cycle(self, a, b, P, idx, labels, translator, params, cycle_weight):
         from .training import train
@@ -302,6 +409,7 @@ class ModalityGraph:
             m = paired_retrieval(T.transform(cs.vectors(Q.a_rows[rows])),
                                  cd.vectors(Q.b_rows[rows]), labels[rows])
             out[f"{key}_R@1"] = m["R@1"]
+            out[f"{key}_R@1_lcb"] = wilson_lower_bound(m["R@1"], rows.size)
             out[f"{key}_cos"] = m["cos"]
             out[f"n_{key}"] = int(rows.size)
         return out
@@ -348,32 +456,91 @@ class ModalityGraph:
         cost, costs = route_cost(self.G, nodes)
         return Route(nodes, cost, costs)
 
-    def translate(self, x, route, k: int = 1, combine: str = "mean") -> np.ndarray:
-        """Translate rows ``x`` along ``route``.
+    def translate(self, x, route, k: int = 1, combine: str = "mean", out=None,
+                  chunk_size: int | None = None) -> np.ndarray:
+        """Translate rows ``x`` along ``route``, a block of rows at a time.
 
         ``route`` is a :class:`Route`, a list of nodes, or ``(src, dst)`` (the planner picks
         the cheapest route). With ``k > 1`` and ``(src, dst)``, the ``k`` cheapest routes are
         run and their L2-normalised outputs averaged (``combine="mean"``) or averaged with
         weights ``exp(-cost)`` (``combine="weighted"``).
+
+        ``x`` may be a memory map larger than memory: its shape and width are checked first
+        without reading it, then ``chunk_size`` rows at a time (default
+        :data:`bridge.chunks.TRANSLATE_CHUNK`) are checked for NaN/inf, cast to float32,
+        run through every hop and written to ``out[s:e]``, so working memory does not grow
+        with the number of rows. ``out`` (optional) is a writable float array of shape
+        ``(n, dst_dim)``, e.g. ``np.lib.format.open_memmap(path, "w+", np.float32,
+        (n, dst_dim))`` to keep the result on disk; it is returned. When a block fails its
+        check the rows before it are already written to ``out``.
         """
+        from .chunks import TRANSLATE_CHUNK, check_chunk_size, check_finite_rows, check_header
+        from .chunks import read_rows
+
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidParameter(f"parameter 'k' must be a positive integer (routes to "
+                                   f"average), got {k!r}")
+        if combine not in ("mean", "weighted"):
+            raise InvalidParameter(f"parameter 'combine' must be 'mean' or 'weighted', got "
+                                   f"{combine!r}")
+        chunk = check_chunk_size(TRANSLATE_CHUNK if chunk_size is None else chunk_size)
         if k > 1:
             nodes = route.nodes if isinstance(route, Route) else tuple(route)
             routes = self.route(nodes[0], nodes[-1], k=k)
-            outs = [l2_normalize(self.translate(x, r), check=False) for r in routes]
+            routes = routes if isinstance(routes, list) else [routes]
             if combine == "mean":
                 w = np.ones(len(routes))
-            elif combine == "weighted":
-                w = np.exp(-np.array([r.cost for r in routes]))
             else:
-                raise ValueError(f"combine must be 'mean' or 'weighted', got {combine!r}")
-            w = w / w.sum()
-            return sum(wi * o for wi, o in zip(w, outs)).astype(np.float32)
-        r = self._as_route(route)
-        x = check_embeddings(x, "x", dim=self.G.nodes[r.src]["dim"])
-        out = np.asarray(x, dtype=np.float32)
-        for u, v in r.edges:
-            out = self.G.edges[u, v]["translator"].transform(out)
+                w = np.exp(-np.array([r.cost for r in routes], dtype=np.float64))
+            w = (w / w.sum()).astype(np.float32)
+        else:
+            routes, w = [self._as_route(route)], None
+        src, dst = routes[0].src, routes[0].nodes[-1]
+        x = check_header(x, "x", dim=self.G.nodes[src]["dim"])
+        n, d_out = int(x.shape[0]), int(self.G.nodes[dst]["dim"])
+        if out is None:
+            out = np.empty((n, d_out), dtype=np.float32)
+        elif not isinstance(out, np.ndarray) or out.shape != (n, d_out) \
+                or out.dtype not in (np.float16, np.float32, np.float64) \
+                or not out.flags.writeable:
+            raise InvalidParameter(
+                f"parameter 'out' must be a writable float16/float32/float64 array of shape "
+                f"({n}, {d_out}) (rows of x, dimension of {dst!r}); got "
+                f"{type(out).__name__} of shape {getattr(out, 'shape', None)}, dtype "
+                f"{getattr(out, 'dtype', None)}"
+                + ("" if getattr(getattr(out, "flags", None), "writeable", True)
+                   else ", read-only"))
+        f16_max = float(np.finfo(np.float16).max)
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            raw = read_rows(x, slice(s, e))
+            xc = raw.astype(np.float32, copy=False)
+            # float16 and float32 keep NaN/inf through the cast (checked in float32, fast);
+            # a float64 value too large for float32 is refused as it is
+            check_finite_rows(raw if raw.dtype.itemsize > 4 else xc, "x", s)
+            del raw
+            if w is None:
+                y = self._run_route(xc, routes[0])
+            else:
+                y = None
+                for wi, r in zip(w, routes):
+                    part = l2_normalize(self._run_route(xc, r), check=False)
+                    part *= wi
+                    y = part if y is None else y.__iadd__(part)
+            if out.dtype == np.float16 and np.abs(y).max() > f16_max:
+                raise InvalidParameter(
+                    f"parameter 'out' is float16 but rows {s}..{e - 1} translate to values "
+                    f"up to {float(np.abs(y).max()):.6g}, over the float16 limit "
+                    f"{f16_max:.0f}; pass a float32 'out'")
+            out[s:e] = y
         return out
+
+    def _run_route(self, x32: np.ndarray, r: Route) -> np.ndarray:
+        """Float32 rows run through every hop of route ``r``."""
+        y = x32
+        for u, v in r.edges:
+            y = self.G.edges[u, v]["translator"].transform(y)
+        return np.asarray(y, dtype=np.float32)
 
     # ------------------------------------------------------------------ evaluation
     def test_rows(self, name: str) -> np.ndarray:
@@ -393,7 +560,7 @@ class ModalityGraph:
 
         nodes = list(nodes)
         if len(nodes) < 2:
-            raise ValueError(f"a walk needs at least two nodes, got {nodes}")
+            raise InvalidParameter(f"a walk needs at least two nodes, got {nodes}")
         self._check_node(*nodes)
         for u, v in zip(nodes[:-1], nodes[1:]):
             if not self.G.has_edge(u, v):
@@ -434,7 +601,7 @@ class ModalityGraph:
 
         walk = list(walk)
         if len(walk) < 2 or walk[0] != walk[-1]:
-            raise ValueError(f"a reconstruction walk must start and end at the same node, got {walk}")
+            raise InvalidParameter(f"a reconstruction walk must start and end at the same node, got {walk}")
         if x is None:
             x = self.cache(walk[0]).vectors(self.test_rows(walk[0]))
         x = check_embeddings(x, "x", dim=self.G.nodes[walk[0]]["dim"])

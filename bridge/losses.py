@@ -8,12 +8,16 @@ or ``make_loss({"infonce": 1.0, "mse": 0.5})`` builds a weighted sum.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["info_nce", "InfoNCE", "MSE", "Cosine", "CombinedLoss", "make_loss", "LOSSES"]
+from .errors import InvalidParameter
+
+__all__ = ["info_nce", "InfoNCE", "MSE", "Cosine", "CombinedLoss", "make_loss", "parse_loss",
+           "LOSSES"]
 
 
 def info_nce(
@@ -93,12 +97,7 @@ class CombinedLoss(nn.Module):
 
     def __init__(self, weights: dict[str, float], temperature: float = 0.05):
         super().__init__()
-        unknown = [k for k in weights if k not in LOSSES]
-        if unknown:
-            raise ValueError(f"unknown loss {unknown[0]!r}; expected one of {sorted(LOSSES)}")
-        if not weights:
-            raise ValueError("expected at least one loss term")
-        self.weights = dict(weights)
+        self.weights = parse_loss(weights)
         self.terms = nn.ModuleDict(
             {k: (InfoNCE(temperature) if k == "infonce" else LOSSES[k]()) for k in weights}
         )
@@ -113,18 +112,46 @@ class CombinedLoss(nn.Module):
         return total
 
 
+def parse_loss(spec: str | Mapping) -> dict[str, float]:
+    """The term weights of ``"infonce+0.5*mse"`` or of a dict ``{"infonce": 1, "mse": 0.5}``.
+
+    Raises :class:`~bridge.errors.InvalidParameter` for an unknown or repeated term, a weight
+    that is not a finite non-negative number, or no term with a positive weight.
+    """
+    if isinstance(spec, str):
+        items = []
+        for term in spec.replace(" ", "").split("+"):
+            w, name = term.split("*", 1) if "*" in term else ("1", term)
+            try:
+                w = float(w)
+            except ValueError:
+                raise InvalidParameter(
+                    f"loss {spec!r}: weight {w!r} of term {name!r} is not a number") from None
+            items.append((name, w))
+    elif isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        raise InvalidParameter(
+            f"loss must be a string such as 'infonce+mse' or a dict of weights, got {spec!r}")
+    weights: dict[str, float] = {}
+    for name, w in items:
+        if name not in LOSSES:
+            raise InvalidParameter(f"unknown loss {name!r} in {spec!r}; expected one of "
+                                   f"{sorted(LOSSES)}")
+        if name in weights:
+            raise InvalidParameter(f"loss {spec!r}: term {name!r} appears twice")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise InvalidParameter(f"loss {spec!r}: weight of {name!r} must be a finite "
+                                   f"non-negative number, got {w!r}")
+        weights[name] = float(w)
+    if not any(w > 0 for w in weights.values()):
+        raise InvalidParameter(f"loss {spec!r}: expected at least one term with a positive weight")
+    return weights
+
+
 def make_loss(spec: str | dict | nn.Module, temperature: float = 0.05) -> nn.Module:
     """Build a loss from ``"infonce+mse"``, ``"infonce+0.5*mse"``, a dict of weights, or
     return a module unchanged."""
     if isinstance(spec, nn.Module):
         return spec
-    if isinstance(spec, str):
-        weights = {}
-        for term in spec.replace(" ", "").split("+"):
-            if "*" in term:
-                w, name = term.split("*", 1)
-                weights[name] = float(w)
-            else:
-                weights[term] = 1.0
-        spec = weights
-    return CombinedLoss(spec, temperature=temperature)
+    return CombinedLoss(parse_loss(spec), temperature=temperature)

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .retrieval import l2_normalize
+from .errors import DimensionMismatch, InvalidParameter
+from .retrieval import l2_normalize, ranks_of_relevant
 from .store import check_embeddings
 
-__all__ = ["row_cosine", "reconstruction_loss", "paired_retrieval"]
+__all__ = ["row_cosine", "reconstruction_loss", "paired_retrieval", "rows_by_label"]
 
 
 def row_cosine(a, b) -> np.ndarray:
-    """Cosine similarity of row i of ``a`` with row i of ``b``."""
-    a = check_embeddings(a, "a").astype(np.float32, copy=False)
-    b = check_embeddings(b, "b", dim=a.shape[1]).astype(np.float32, copy=False)
+    """Cosine similarity of row i of ``a`` with row i of ``b`` (all-zero rows give 0)."""
+    a = check_embeddings(a, "a")
+    b = check_embeddings(b, "b", dim=a.shape[1])
     if a.shape[0] != b.shape[0]:
-        from .errors import DimensionMismatch
-
         raise DimensionMismatch(f"row counts differ: {a.shape[0]} vs {b.shape[0]}")
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return num / np.maximum(den, 1e-12)
+    return (l2_normalize(a, check=False) * l2_normalize(b, check=False)).sum(1)
 
 
 def reconstruction_loss(x, x_rec) -> dict:
@@ -37,26 +34,46 @@ def reconstruction_loss(x, x_rec) -> dict:
     return {"per_sample": loss, "mean": float(loss.mean()), "median": float(np.median(loss))}
 
 
-def paired_retrieval(pred, target, labels=None, block: int = 2048) -> dict[str, float]:
+def rows_by_label(labels) -> list[np.ndarray]:
+    """For each row i, the (sorted) rows that carry row i's label."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise InvalidParameter(f"labels must be one label per row (1-D), got shape {lab.shape}")
+    _, inv = np.unique(lab, return_inverse=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(inv, kind="stable")
+    bounds = np.flatnonzero(np.diff(inv[order])) + 1
+    groups = np.split(order, bounds)
+    return [groups[k] for k in inv]
+
+
+def paired_retrieval(pred, target, labels=None, block: int = 1024) -> dict[str, float]:
     """R@1 and mean cosine of translated rows ``pred`` against their true ``target`` rows.
 
-    The gallery is every target row. Without ``labels`` query i is correct when its
-    nearest gallery row (cosine) is row i; with ``labels`` (rows that share a target, such
-    as the captions of one image or the clips of one class, share a label) it is correct
-    when its nearest gallery row carries its label.
+    The gallery is every target row. Without ``labels`` the right gallery row of query i
+    is row i; with ``labels`` (rows that share a target, such as the captions of one image
+    or the clips of one class, share a label) the right rows of query i are all gallery
+    rows carrying its label. R@1 is the share of queries whose first right row has rank 1
+    in :func:`bridge.retrieval.ranks_of_relevant`, the package's one rank counter: ties
+    count against the query, so a wrong gallery row scoring exactly as high as the right
+    one (a duplicate under another label) makes it a miss. ``block`` queries are
+    scored at a time. Returns ``R@1``, ``cos`` (mean
+    row cosine of ``pred`` with its own target) and ``n`` (the number of queries).
     """
-    pred = check_embeddings(pred, "pred").astype(np.float32, copy=False)
-    target = check_embeddings(target, "target", dim=pred.shape[1]).astype(np.float32, copy=False)
+    pred = check_embeddings(pred, "pred")
+    target = check_embeddings(target, "target", dim=pred.shape[1])
     if pred.shape[0] != target.shape[0]:
-        from .errors import DimensionMismatch
-
         raise DimensionMismatch(f"pred has {pred.shape[0]} rows but target has {target.shape[0]}")
-    lab = np.arange(pred.shape[0]) if labels is None else np.asarray(labels)
-    g = l2_normalize(target, check=False)
+    if labels is None:
+        relevant = None
+    else:
+        if len(labels) != pred.shape[0]:
+            raise DimensionMismatch(f"labels has {len(labels)} entries; expected one per row "
+                                    f"of pred ({pred.shape[0]})")
+        relevant = rows_by_label(labels)
     p = l2_normalize(pred, check=False)
-    hits = 0
-    for s in range(0, p.shape[0], block):
-        top = (p[s : s + block] @ g.T).argmax(1)
-        hits += int((lab[top] == lab[s : s + block]).sum())
-    cos = row_cosine(pred, target)
+    g = l2_normalize(target, check=False)
+    ranks = ranks_of_relevant(p, g, relevant, block=block, normalized=True)
+    hits = sum(int(r[0] <= 1) for r in ranks)
+    cos = (p * g).sum(1)
     return {"R@1": hits / p.shape[0], "cos": float(cos.mean()), "n": int(p.shape[0])}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DimensionMismatch, EmptyData, MissingExtra, UnknownNode
+from .errors import DimensionMismatch, EmptyData, InvalidParameter, MissingExtra, UnknownNode
 from .files import atomic_write_bytes
 from .retrieval import l2_normalize
 from .store import check_embeddings
@@ -103,7 +103,7 @@ def _normalise_pairs(pairs, arrays: dict[str, np.ndarray]) -> list[tuple[str, st
     out = []
     for spec in pairs or ():
         if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3, 4):
-            raise ValueError(
+            raise InvalidParameter(
                 "pairs: expected (name_a, name_b), (name_a, name_b, Pairs) or "
                 f"(name_a, name_b, rows_a, rows_b), got {spec!r}"
             )
@@ -163,7 +163,7 @@ def _project(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, tuple[s
             warnings.simplefilter("ignore")  # n_jobs / random_state chatter
             y = reducer.fit_transform(x)
         return np.asarray(y), ("UMAP 1", "UMAP 2")
-    raise ValueError(f"unknown projection method {method!r}; expected 'pca' or 'umap'")
+    raise InvalidParameter(f"unknown projection method {method!r}; expected 'pca' or 'umap'")
 
 
 def plot_projection(
@@ -203,7 +203,7 @@ def plot_projection(
             "translate the nodes into a common space first"
         )
     if method not in ("pca", "umap"):
-        raise ValueError(f"unknown projection method {method!r}; expected 'pca' or 'umap'")
+        raise InvalidParameter(f"unknown projection method {method!r}; expected 'pca' or 'umap'")
     if method == "umap":
         try:
             import umap  # noqa: F401
@@ -329,7 +329,7 @@ def plot_gap_bars(
         raise EmptyData("plot_gap_bars: expected at least one row of gap metrics, got none")
     metrics = list(metrics)
     if not metrics:
-        raise ValueError("plot_gap_bars: expected at least one metric name")
+        raise InvalidParameter("plot_gap_bars: expected at least one metric name")
     labels = []
     for i, r in enumerate(rows):
         if "pair" in r:
@@ -340,7 +340,7 @@ def plot_gap_bars(
             labels.append(f"pair {i}")
     vals = np.array([[float(r.get(m, np.nan)) for m in metrics] for r in rows])
     if np.isnan(vals).all():
-        raise ValueError(
+        raise InvalidParameter(
             f"plot_gap_bars: none of the metrics {metrics} is in the rows; their keys are "
             f"{sorted(set().union(*[set(r) for r in rows]))}"
         )
@@ -422,7 +422,7 @@ def plot_hops(
     deviation) or ``"none"``. Returns the axes.
     """
     if spread not in ("iqr", "std", "none"):
-        raise ValueError(f"spread must be 'iqr', 'std' or 'none', got {spread!r}")
+        raise InvalidParameter(f"spread must be 'iqr', 'std' or 'none', got {spread!r}")
     hops = np.asarray(hops).ravel()
     if hops.size == 0:
         raise EmptyData("plot_hops: expected at least one hop count")

@@ -15,8 +15,11 @@ Relevance (which gallery rows are right for a query) is given as one of
 Ranks are 1-based and pessimistic under ties: a wrong gallery row that scores *the same* as a
 right one counts as ranked above it, so duplicate gallery rows never inflate a score.
 
-With ``kind="flat"`` every rank is exact (blocked inner products, the computation of
-``faiss.IndexFlatIP``). With an approximate index the metrics come from the top ``depth``
+With ``kind="flat"`` every rank is exact and counted by a streamed engine
+(:func:`ranks_of_relevant`): queries go a block at a time, the gallery streams in blocks
+normalised on the fly (a memory map, float16 included, is never copied whole), and the
+wrong rows scoring at least as high as each right row are counted inside the blocked
+product, so working memory does not grow with the gallery or the query count. With an approximate index the metrics come from the top ``depth``
 rows the index returns: a right row beyond ``depth`` counts as not found (reciprocal rank 0,
 rank ``inf``), so MRR and mAP are then "at depth".
 """
@@ -27,7 +30,7 @@ import math
 
 import numpy as np
 
-from .errors import BridgeError, DimensionMismatch, EmptyData
+from .errors import BridgeError, DimensionMismatch, EmptyData, InvalidParameter
 from .store import check_embeddings
 
 __all__ = [
@@ -44,6 +47,60 @@ __all__ = [
 ]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
+INDEX_OPTIONS = ("hnsw_m", "ef_search", "nlist", "nprobe", "seed")
+
+
+# -- argument checks (before any Faiss call: a bad value is an error naming it, never a
+# Faiss assertion) ----------------------------------------------------------------------
+
+def _check_k(k, name: str = "k", low: int = 1, allow_none: bool = False) -> int | None:
+    """``k`` as an int >= ``low`` (bools and non-integral numbers refused)."""
+    from .params import check_int
+
+    return check_int(name, k, low=low, allow_none=allow_none)
+
+
+def _check_ks(ks, name: str = "ks") -> tuple[int, ...]:
+    """A non-empty sequence of cut-offs, each an int >= 1."""
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
+        raise InvalidParameter(f"parameter {name!r} must be a non-empty sequence of integers "
+                               f">= 1, got {ks!r}")
+    ks = tuple(ks)
+    if not ks:
+        raise InvalidParameter(f"parameter {name!r} must be a non-empty sequence of integers "
+                               f">= 1, got {ks!r}")
+    for k in ks:
+        _check_k(k, f"{name} entry")
+    return tuple(int(k) for k in ks)
+
+
+def _check_kind(kind) -> str:
+    if not isinstance(kind, str) or kind not in INDEX_KINDS:
+        raise InvalidParameter(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+    return kind
+
+
+def _check_index_options(kind, opts: dict, n: int | None = None) -> None:
+    """Index options known, of the right type and range (``nlist`` at most ``n`` rows)."""
+    _check_kind(kind)
+    bad = [k for k in opts if k not in INDEX_OPTIONS]
+    if bad:
+        raise InvalidParameter(f"unknown index option {bad[0]!r}; expected one of "
+                               f"{list(INDEX_OPTIONS)}")
+    if "hnsw_m" in opts:
+        _check_k(opts["hnsw_m"], "hnsw_m", low=2)
+    if "ef_search" in opts:
+        _check_k(opts["ef_search"], "ef_search")
+    if "nprobe" in opts:
+        _check_k(opts["nprobe"], "nprobe")
+    if "seed" in opts:
+        _check_k(opts["seed"], "seed", low=0)
+    if opts.get("nlist") is not None:
+        _check_k(opts["nlist"], "nlist")
+        if kind == "ivf" and n is not None and opts["nlist"] > n:
+            raise InvalidParameter(
+                f"parameter 'nlist' must be at most the number of gallery rows ({n}) for an "
+                f"ivf index, got {opts['nlist']}")
 
 
 def l2_normalize(x, name: str = "embeddings", check: bool = True) -> np.ndarray:
@@ -71,12 +128,13 @@ def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int
     breadth). ``ivf``: inverted lists over ``nlist`` k-means cells (default ``4 * sqrt(n)``),
     searching ``nprobe`` of them.
     """
-    import faiss
-
-    if kind not in INDEX_KINDS:
-        raise BridgeError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+    _check_kind(kind)
     g = gallery if normalized else normalize(gallery, "gallery")
     n, d = g.shape
+    _check_index_options(kind, {"hnsw_m": hnsw_m, "ef_search": ef_search, "nlist": nlist,
+                                "nprobe": nprobe, "seed": seed}, n)
+    import faiss
+
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
@@ -99,6 +157,8 @@ def search(queries, gallery_or_index, k: int = 10, kind: str = "flat", **index_o
     ``gallery_or_index`` is an array (an index of ``kind`` is built over it) or an index
     from :func:`build_index`. Missing results (fewer than ``k`` found) have row ``-1``.
     """
+    k = _check_k(k)
+    _check_index_options(kind, index_opts)
     q = normalize(queries, "queries")
     if isinstance(gallery_or_index, np.ndarray) or hasattr(gallery_or_index, "detach"):
         index = build_index(gallery_or_index, kind, **index_opts)
@@ -157,19 +217,309 @@ def _ranks_dense(scores: np.ndarray, rel: np.ndarray) -> np.ndarray:
     return above + np.arange(1, rs.size + 1)
 
 
+# ---------------------------------------------------------------------------
+# the exact streamed rank engine
+
+#: score-matrix entries (query block x gallery block) computed at a time
+ENGINE_CELLS = 1 << 21
+#: queries with at most this many right rows are counted by direct comparisons
+DIRECT_MAX_RELEVANT = 16
+_PAIR_CHUNK = 4096
+
+
+def _relevance_csr(relevant, n_queries: int, n_gallery: int):
+    """``relevant`` (any accepted form) as ``(indptr, rows)``: query i's right rows are
+    ``rows[indptr[i]:indptr[i + 1]]`` (sorted, unique). Same checks as :func:`as_relevance`."""
+    if relevant is None:
+        if n_queries != n_gallery:
+            as_relevance(None, n_queries, n_gallery)  # raises, naming both counts
+        return np.arange(n_queries + 1, dtype=np.int64), np.arange(n_queries, dtype=np.int64)
+    if (isinstance(relevant, np.ndarray) and relevant.ndim == 1 and relevant.dtype != object
+            and np.issubdtype(relevant.dtype, np.integer)):
+        if relevant.shape[0] != n_queries:
+            as_relevance(relevant, n_queries, n_gallery)  # raises
+        r = relevant.astype(np.int64)
+        bad = np.flatnonzero((r < 0) | (r >= n_gallery))
+        if bad.size:
+            raise DimensionMismatch(f"query {int(bad[0])} names gallery row {int(r[bad[0]])}; "
+                                    f"the gallery has rows 0..{n_gallery - 1}")
+        return np.arange(n_queries + 1, dtype=np.int64), r
+    lists = as_relevance(relevant, n_queries, n_gallery)
+    indptr = np.zeros(n_queries + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([r.size for r in lists])
+    rows = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
+    return indptr, rows
+
+
+def _pair_dots(A: np.ndarray, ia: np.ndarray, B: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """``A[ia[k]] . B[ib[k]]`` in float64 for every k.
+
+    A row pair's value depends on the two rows only (element-wise products, summed along
+    the row), never on where the rows sit or how many pairs are computed together, so two
+    identical gallery rows always score exactly the same.
+    """
+    out = np.empty(ia.shape[0], dtype=np.float64)
+    for s in range(0, ia.shape[0], _PAIR_CHUNK):
+        a = A[ia[s:s + _PAIR_CHUNK]].astype(np.float64)
+        a *= B[ib[s:s + _PAIR_CHUNK]]
+        out[s:s + _PAIR_CHUNK] = a.sum(axis=1)
+    return out
+
+
+def _f32_up(x: np.ndarray) -> np.ndarray:
+    """The smallest float32 >= each float64 value."""
+    y = x.astype(np.float32)
+    return np.where(y.astype(np.float64) < x, np.nextafter(y, np.float32(np.inf)), y) + np.float32(0)
+
+
+def _f32_down(x: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each float64 value."""
+    y = x.astype(np.float32)
+    return np.where(y.astype(np.float64) > x, np.nextafter(y, np.float32(-np.inf)), y) + np.float32(0)
+
+
+def _keys(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Order-preserving uint64 keys of (row, float32 value): sorts by row, then value."""
+    u = (v + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0
+    u = np.where(u & np.uint32(0x80000000), ~u, u | np.uint32(0x80000000))
+    return (rows.astype(np.uint64) << np.uint64(32)) | u.astype(np.uint64)
+
+
+def _rank_engine(qblock, gblock, grows, n_q: int, n_g: int, dim: int, indptr, rows,
+                 q_block: int, g_block: int | None = None) -> np.ndarray:
+    """Exact pessimistic ranks of every right row, counted inside the blocked product.
+
+    ``qblock(s, e)`` and ``gblock(s, e)`` return float32 query/gallery rows ``s:e`` as they
+    are to be scored (inner product); ``grows(idx)`` returns gallery rows ``idx`` exactly as
+    ``gblock`` would. The exact score of a pair is the float64 inner product of its two
+    float32 rows (:func:`_pair_dots`: it depends on the two rows only, so identical gallery
+    rows score identically). For each query block the right rows' scores come first; then
+    the gallery streams by blocks and, for each right row, the wrong rows scoring at least
+    as high are counted. A block score more than its rounding bound (``gamma_d |q| |g|``)
+    above a right score counts, more than the bound below does not, and the few within
+    the bound are recomputed exactly. So the result is the ranking by exact scores with
+    ties counted against the query, whatever the block sizes or the BLAS. Queries with at
+    most :data:`DIRECT_MAX_RELEVANT` right rows are scored in float32 and compared
+    directly; with more (class-level relevance) a few queries at a time get full float64
+    score rows, sorted once (:func:`_count_rows`). Returns the 1-based ranks in CSR
+    order (query i: ``ranks[indptr[i]:indptr[i + 1]]``, best first).
+    """
+    out = np.empty(rows.shape[0], dtype=np.int64)
+    many = n_q > 0 and int(np.diff(indptr).max()) > DIRECT_MAX_RELEVANT
+    if many:  # full score rows of a few queries at a time
+        q_block = max(1, min(q_block, ENGINE_CELLS // max(n_g, 1)))
+    for s in range(0, n_q, q_block):
+        e = min(n_q, s + q_block)
+        b = e - s
+        Q = qblock(s, e)
+        p0, p1 = int(indptr[s]), int(indptr[e])
+        m = np.diff(indptr[s:e + 1])
+        starts = indptr[s:e] - p0
+        pq = np.repeat(np.arange(b), m)
+        pg = rows[p0:p1]
+        gb = g_block or max(64, min(ENGINE_CELLS // max(b, 1), ENGINE_CELLS // max(dim, 1)))
+        if many:
+            above = _count_rows(Q, pq, pg, m, gblock, grows, n_g, dim, gb)
+        else:
+            above = _count_direct(Q, pq, pg, m, starts, gblock, grows, n_g, dim, gb)
+        # the counts fall as the right score rises: sorted, they list the right rows best
+        # first, and the t-th best has t - 1 right rows ahead of it
+        srt = above[np.lexsort((above, pq))]
+        out[p0:p1] = srt + (np.arange(p1 - p0) - np.repeat(starts, m)) + 1
+    return out
+
+
+def _mask_right(S, pq, pg, by_g, g_sorted, gs, ge):
+    k0, k1 = np.searchsorted(g_sorted, [gs, ge])
+    sel = by_g[k0:k1]
+    S[pq[sel], pg[sel] - gs] = -np.inf  # right rows are not counted against
+
+
+def _row_norms(X: np.ndarray) -> np.ndarray:
+    X64 = X.astype(np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", X64, X64))
+
+
+def _max_norm(X: np.ndarray) -> float:
+    """An upper bound of the largest row norm of float32 ``X`` (float32 sums, widened by
+    their own rounding bound)."""
+    if X.shape[0] == 0:
+        return 0.0
+    sq = float(np.einsum("ij,ij->i", X, X).max())
+    return float(np.sqrt(sq * (1.0 + 4.0 * X.shape[1] * 2.0 ** -24))) + 1e-30
+
+
+def _count_direct(Q, pq, pg, m, starts, gblock, grows, n_g, dim, gb):
+    """Wrong rows scoring >= each right row, for queries with few right rows (float32)."""
+    u = dim * 2.0 ** -24
+    gamma = u / (1.0 - u) * 1.01 + 1e-12
+    b, M = Q.shape[0], pq.shape[0]
+    mmax = int(m.max())
+    col = np.arange(M) - np.repeat(starts, m)
+    uniq, inv = np.unique(pg, return_inverse=True)
+    R = grows(uniq)
+    erel = _pair_dots(Q, pq, R, inv.reshape(-1))
+    gmax_r = _max_norm(R)
+    del R
+    E = np.full((b, mmax), np.inf)
+    E[pq, col] = erel
+    qn = _row_norms(Q)
+    by_g = np.argsort(pg, kind="stable")
+    g_sorted = pg[by_g]
+    above = np.zeros(M, dtype=np.int64)
+    for gs in range(0, n_g, gb):
+        ge = min(n_g, gs + gb)
+        G = gblock(gs, ge)
+        S = Q @ G.T
+        delta = gamma * qn * (_max_norm(G) + gmax_r) + 1e-300
+        _mask_right(S, pq, pg, by_g, g_sorted, gs, ge)
+        HI, LO = _f32_up(E + delta[:, None]), _f32_down(E - delta[:, None])
+        for t in range(mmax):
+            A = S > HI[:, t:t + 1]
+            above_t = np.count_nonzero(A, axis=1)
+            B = S >= LO[:, t:t + 1]
+            near = np.flatnonzero(np.count_nonzero(B, axis=1) > above_t)
+            if near.size:  # scores within the rounding bound: recompute them exactly
+                ii, jj = np.nonzero(B[near] & ~A[near])
+                ii = near[ii]
+                hit = _pair_dots(Q, ii, G, jj) >= E[ii, t]
+                above_t += np.bincount(ii[hit], minlength=b)
+            has = np.flatnonzero(m > t)
+            above[starts[has] + t] += above_t[has]
+    return above
+
+
+def _count_rows(Q, pq, pg, m, gblock, grows, n_g, dim, gb):
+    """Wrong rows scoring >= each right row, for queries with many right rows.
+
+    The query block is small enough for its full score rows (float64) to fit
+    :data:`ENGINE_CELLS`; each row is sorted once and every right score is located in it by
+    one vectorised ``searchsorted`` (rows shifted apart by a constant; the rounding of the
+    shift is monotone, so it can only move a score into the exact-recheck band).
+    """
+    u = dim * 2.0 ** -53
+    gamma = u / (1.0 - u) * 1.01 + 1e-300
+    b, M = Q.shape[0], pq.shape[0]
+    Q64 = Q.astype(np.float64)
+    S = np.empty((b, n_g))
+    gmax = 0.0
+    for gs in range(0, n_g, gb):
+        ge = min(n_g, gs + gb)
+        G = gblock(gs, ge)
+        gmax = max(gmax, _max_norm(G))
+        S[:, gs:ge] = Q64 @ G.astype(np.float64).T
+        del G
+    qn = _row_norms(Q)
+    big = float(qn.max()) * gmax * 1.01 + 1.0
+    delta = 2.0 * gamma * qn * gmax + 1e-300      # both scores of a comparison are rounded
+    srel = S[pq, pg]
+    S[pq, pg] = -2.0 * big                       # right rows are not counted against
+    order = np.lexsort((srel, pq))
+    pq_o, pg_o, srel_o = pq[order], pg[order], srel[order]
+    shift = np.arange(b) * (8.0 * big)
+    keys = np.sort(S, axis=1)
+    keys += shift[:, None]
+    keys = keys.reshape(-1)
+    base = pq_o * n_g
+    n_le_hi = np.searchsorted(keys, srel_o + delta[pq_o] + shift[pq_o], side="right") - base
+    n_lt_lo = np.searchsorted(keys, srel_o - delta[pq_o] + shift[pq_o], side="left") - base
+    del keys
+    above_o = n_g - n_le_hi
+    band = np.flatnonzero(n_le_hi > n_lt_lo)
+    if band.size:
+        need, row_of = np.unique(pq_o[band], return_inverse=True)
+        A = np.argsort(S[need], axis=1, kind="stable")
+        cnt = (n_le_hi - n_lt_lo)[band]
+        pos = np.repeat(n_lt_lo[band], cnt) + (np.arange(int(cnt.sum()))
+                                              - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        k = np.repeat(band, cnt)
+        cols = A[np.repeat(row_of.reshape(-1), cnt), pos]
+        del A
+        uc, ci = np.unique(cols, return_inverse=True)
+        ew = _pair_dots(Q, pq_o[k], grows(uc), ci.reshape(-1))
+        ur, ui = np.unique(pg_o[k], return_inverse=True)
+        er = _pair_dots(Q, pq_o[k], grows(ur), ui.reshape(-1))
+        above_o += np.bincount(k[ew >= er], minlength=M)
+    above = np.empty(M, dtype=np.int64)
+    above[order] = above_o
+    return above
+
+
+def _source(x, name: str, normalized: bool):
+    """``(n, dim, block(s, e), rows(idx))`` reading float32 rows of ``x`` on demand,
+    L2-normalised unless ``normalized``, each block checked for NaN/inf."""
+    from .chunks import check_finite_rows, check_header, read_rows
+
+    x = check_header(x, name)
+
+    def prep(raw, offset):
+        raw = np.asarray(raw)
+        x32 = np.ascontiguousarray(raw, dtype=np.float32)
+        # float16/float32 keep NaN/inf through the cast (checked in float32, fast)
+        check_finite_rows(raw if raw.dtype.itemsize > 4 else x32, name, offset)
+        return x32 if normalized else l2_normalize(x32, check=False)
+
+    def block(s, e):
+        return prep(read_rows(x, slice(s, e)), s)
+
+    def rows(idx):
+        return prep(read_rows(x, idx), 0)
+
+    return int(x.shape[0]), int(x.shape[1]), block, rows
+
+
+def _ranks_csr(queries, gallery, relevant=None, block: int = 1024, normalized: bool = False,
+               gallery_block: int | None = None):
+    from .chunks import check_chunk_size
+
+    block = check_chunk_size(block, "block")
+    nq, dq, qblock, _ = _source(queries, "queries", normalized)
+    ng, dg, gblock, grows = _source(gallery, "gallery", normalized)
+    if dq != dg:
+        raise DimensionMismatch(f"queries have dimension {dq} but the gallery has "
+                                f"dimension {dg}")
+    indptr, rows = _relevance_csr(relevant, nq, ng)
+    if nq and np.any(np.diff(indptr) == 0):
+        i = int(np.flatnonzero(np.diff(indptr) == 0)[0])
+        raise EmptyData(f"query {i} has no relevant gallery row")
+    ranks = _rank_engine(qblock, gblock, grows, nq, ng, dq, indptr, rows, block, gallery_block)
+    return indptr, ranks, ng
+
+
 def ranks_of_relevant(queries, gallery, relevant=None, block: int = 1024,
-                      normalized: bool = False) -> list[np.ndarray]:
-    """Exact 1-based ranks of every right gallery row, per query, best first."""
-    q = queries if normalized else normalize(queries, "queries")
-    g = gallery if normalized else normalize(gallery, "gallery")
-    if q.shape[1] != g.shape[1]:
-        raise DimensionMismatch(f"queries have dimension {q.shape[1]} but the gallery has "
-                                f"dimension {g.shape[1]}")
-    rel = as_relevance(relevant, q.shape[0], g.shape[0])
-    out = []
-    for s in range(0, q.shape[0], block):
-        S = q[s:s + block] @ g.T
-        out.extend(_ranks_dense(S[i], rel[s + i]) for i in range(S.shape[0]))
+                      normalized: bool = False, *, gallery_block: int | None = None
+                      ) -> list[np.ndarray]:
+    """Exact 1-based ranks of every right gallery row, per query, best first.
+
+    Counted inside the blocked product (see :func:`_rank_engine`): queries go ``block`` at
+    a time, the gallery streams in blocks normalised on the fly (``gallery_block`` rows,
+    default: about two million scores a block), so working memory does not depend on the
+    gallery size, and a memory-mapped (float16) gallery is read once per query block.
+    A wrong row that scores the same as a right one counts as ranked above it.
+    """
+    indptr, ranks, _ = _ranks_csr(queries, gallery, relevant, block, normalized, gallery_block)
+    return np.split(ranks, indptr[1:-1])
+
+
+def _metrics_from_csr(indptr: np.ndarray, ranks: np.ndarray, ks) -> dict:
+    """:func:`metrics_from_ranks` on ranks in CSR form (no per-query arrays)."""
+    n = indptr.shape[0] - 1
+    if n == 0:
+        raise EmptyData("no queries to score")
+    m = np.diff(indptr)
+    first = ranks[indptr[:-1]].astype(np.float64)
+    hits = np.arange(ranks.shape[0]) - np.repeat(indptr[:-1], m) + 1
+    r = ranks.astype(np.float64)
+    contrib = np.where(np.isfinite(r), hits / r, 0.0)
+    ap = np.add.reduceat(contrib, indptr[:-1]) / m
+    med = float(np.median(first))
+    out = {f"R@{k}": float(np.mean(first <= k)) for k in ks}
+    out.update({
+        "MRR": float(np.mean(1.0 / first)),
+        "median_rank": med if math.isfinite(med) else None,
+        "mAP": float(np.mean(ap)),
+        "n_queries": int(n),
+    })
     return out
 
 
@@ -192,6 +542,7 @@ def metrics_from_ranks(ranks: list[np.ndarray], ks=(1, 5, 10)) -> dict:
     Median rank: median first right rank. mAP: mean over queries of average precision over
     all right rows (equal to MRR when each query has one right row).
     """
+    ks = _check_ks(ks)
     if not ranks:
         raise EmptyData("no queries to score")
     first = np.array([r[0] for r in ranks], dtype=np.float64)
@@ -218,19 +569,29 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
     (default ``max(100, max(ks))``) in a Faiss index. Returns R@K for each K in ``ks``,
     MRR, median rank, mAP, the query and gallery counts and the index kind.
     """
+    ks = _check_ks(ks)
+    _check_index_options(kind, index_opts)
+    depth = _check_k(depth, "depth", allow_none=True)
+    if depth is not None and depth < max(ks):
+        raise InvalidParameter(f"parameter 'depth' must be at least max(ks) = {max(ks)}, "
+                               f"got {depth}")
+    block = _check_k(block, "block")
+    ks = tuple(int(k) for k in ks)
+    if kind == "flat":
+        # exact ranks counted while the gallery streams: no normalised copy of either side
+        indptr, ranks, n_gallery = _ranks_csr(queries, gallery, relevant, block=block)
+        m = _metrics_from_csr(indptr, ranks, ks)
+        m.update({"n_gallery": int(n_gallery), "index": kind})
+        return m
     q = normalize(queries, "queries")
     g = normalize(gallery, "gallery")
     if q.shape[1] != g.shape[1]:
         raise DimensionMismatch(f"queries have dimension {q.shape[1]} but the gallery has "
                                 f"dimension {g.shape[1]}")
-    ks = tuple(int(k) for k in ks)
-    if kind == "flat":
-        ranks = ranks_of_relevant(q, g, relevant, block=block, normalized=True)
-    else:
-        rel = as_relevance(relevant, q.shape[0], g.shape[0])
-        index = build_index(g, kind, normalized=True, **index_opts)
-        _, rows = search(q, index, k=depth or max(100, max(ks)))
-        ranks = _ranks_from_lists(rows, rel)
+    rel = as_relevance(relevant, q.shape[0], g.shape[0])
+    index = build_index(g, kind, normalized=True, **index_opts)
+    _, rows = search(q, index, k=depth or max(100, max(ks)))
+    ranks = _ranks_from_lists(rows, rel)
     m = metrics_from_ranks(ranks, ks)
     m.update({"n_gallery": int(g.shape[0]), "index": kind})
     return m

@@ -35,21 +35,30 @@ Set ``splits = "prefix"`` under ``[graph]`` to make it the rule of every edge an
 evaluation (``bridge eval`` then scores the test rows only).
 
 Paths are resolved relative to the spec file's folder. Unknown keys are errors, so a
-typo does not silently fall back to a default.
+typo does not silently fall back to a default. A spec is validated completely before
+anything is loaded: sections, keys and value types, node references, translator kinds and
+their parameters (each translator's constraint table), split rules and that every cache
+and pair file exists; after the caches load, every edge's pairs and splits are checked
+before the first edge trains.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from .errors import BridgeError, CorruptFile
+from .errors import BridgeError, CorruptFile, InvalidParameter
 
-__all__ = ["load_spec", "build_graph_from_spec", "SpecError"]
+__all__ = ["load_spec", "validate_spec", "build_graph_from_spec", "SpecError"]
 
+TOP_KEYS = {"graph", "nodes", "edges"}
 GRAPH_KEYS = {"seed", "fractions", "out", "name", "splits"}
 NODE_KEYS = {"name", "cache", "prefixes", "modality", "language", "encoder"}
 EDGE_KEYS = {"src", "dst", "translator", "loss", "directions", "pairs", "params",
              "cycle_weight", "post", "splits"}
+DIRECTIONS = ("both", "forward", "backward")
+#: translator kinds a spec can declare (``posthoc`` wraps another edge: use ``post``)
+SPEC_TRANSLATORS = ("linear", "procrustes", "mlp", "relative", "identity")
 
 
 class SpecError(BridgeError, ValueError):
@@ -64,49 +73,66 @@ def _toml():
     return tomllib
 
 
-def load_spec(path) -> dict:
-    """Parse and validate a graph spec; returns a dict with absolute paths."""
+def load_spec(path, check_files: bool = True) -> dict:
+    """Parse and validate a graph spec completely; returns a dict with absolute paths.
+
+    Everything is checked before anything is loaded or trained: sections and keys, the
+    type of every value, node references, translator kinds and their parameters (through
+    each translator's constraint table), split rules, and (with ``check_files``) that
+    every cache and pair file exists. Any problem raises :class:`SpecError` naming the
+    file, the entry and the bad value.
+    """
     path = Path(path)
     if not path.exists():
         raise CorruptFile(f"graph spec not found: {path}")
+    if path.is_dir():
+        raise CorruptFile(f"graph spec {path} is a folder; expected a .toml file")
     try:
-        spec = _toml().loads(path.read_text())
+        spec = _toml().loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path} is not UTF-8 text: {e}") from e
     except Exception as e:  # tomllib.TOMLDecodeError
-        raise SpecError(f"{path} is not valid TOML: {e}") from e
-    base = path.resolve().parent
+        raise SpecError(f"{path} is not valid TOML: {' '.join(str(e).split())}") from e
+    return validate_spec(spec, path.resolve().parent, str(path), check_files=check_files)
+
+
+def validate_spec(spec: dict, base: Path, where: str = "spec", check_files: bool = True) -> dict:
+    """Check a parsed spec (see :func:`load_spec`); relative paths resolve against ``base``."""
+    base = Path(base)
+    _check_keys(spec, TOP_KEYS, f"{where}: top level (sections)")
     g = spec.get("graph", {})
-    _check_keys(g, GRAPH_KEYS, f"{path} [graph]")
+    _expect(isinstance(g, dict), f"{where}: [graph] must be a table, got {g!r}")
+    _check_keys(g, GRAPH_KEYS, f"{where} [graph]")
+    _check_graph(g, f"{where} [graph]", base)
     nodes = spec.get("nodes", [])
-    if not nodes:
-        raise SpecError(f"{path}: no [[nodes]] declared; expected at least one")
+    _expect(isinstance(nodes, list) and all(isinstance(n, dict) for n in nodes),
+            f"{where}: nodes must be an array of tables ([[nodes]]), got {nodes!r:.80}")
+    _expect(bool(nodes), f"{where}: no [[nodes]] declared; expected at least one")
+    names: list[str] = []
     for i, n in enumerate(nodes):
-        _check_keys(n, NODE_KEYS, f"{path} nodes[{i}]")
-        if "name" not in n:
-            raise SpecError(f"{path} nodes[{i}]: missing 'name'")
-        if "cache" not in n:
-            raise SpecError(f"{path} node {n['name']!r}: missing 'cache' (a path to embeddings)")
-        files = n["cache"] if isinstance(n["cache"], list) else [n["cache"]]
-        n["cache"] = [str((base / f).resolve()) for f in files]
-        if len(files) > 1 and len(n.get("prefixes", [])) != len(files):
-            raise SpecError(f"{path} node {n['name']!r}: {len(files)} cache files need as many "
-                            f"'prefixes' (e.g. [\"train\", \"val\", \"test\"])")
-    names = {n["name"] for n in nodes}
-    for i, e in enumerate(spec.get("edges", [])):
-        _check_keys(e, EDGE_KEYS, f"{path} edges[{i}]")
-        for k in ("src", "dst"):
-            if k not in e:
-                raise SpecError(f"{path} edges[{i}]: missing {k!r}")
-            if e[k] not in names:
-                raise SpecError(
-                    f"{path} edges[{i}]: {k} {e[k]!r} is not a declared node; declared: {sorted(names)}"
-                )
-        if "pairs" in e:
-            e["pairs"] = str((base / e["pairs"]).resolve())
-    if "out" in g:
-        g["out"] = str((base / g["out"]).resolve())
+        at = f"{where} nodes[{i}]"
+        _check_keys(n, NODE_KEYS, at)
+        _expect("name" in n, f"{at}: missing 'name'")
+        _expect(isinstance(n["name"], str) and n["name"].strip() != "",
+                f"{at}: 'name' must be a non-empty string, got {n['name']!r}")
+        at = f"{where} node {n['name']!r}"
+        _expect(n["name"] not in names, f"{at}: declared twice; node names must be unique")
+        names.append(n["name"])
+        _check_node(n, at, base, check_files)
+    edges = spec.get("edges", [])
+    _expect(isinstance(edges, list) and all(isinstance(e, dict) for e in edges),
+            f"{where}: edges must be an array of tables ([[edges]]), got {edges!r:.80}")
+    for i, e in enumerate(edges):
+        _check_edge(e, f"{where} edges[{i}]", set(names), base, check_files)
     spec["graph"] = g
-    spec.setdefault("edges", [])
+    spec["nodes"] = nodes
+    spec["edges"] = edges
     return spec
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpecError(message)
 
 
 def _check_keys(d: dict, allowed: set, where: str):
@@ -115,11 +141,139 @@ def _check_keys(d: dict, allowed: set, where: str):
         raise SpecError(f"{where}: unknown key {bad[0]!r}; expected one of {sorted(allowed)}")
 
 
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _check_splits(v, at: str) -> None:
+    if v is None or v == "prefix":
+        return
+    if isinstance(v, dict):
+        bad = sorted(set(v) - {"train", "val", "test"})
+        _expect(not bad, f"{at}: splits table has unknown key {bad[0] if bad else ''!r}; "
+                         "expected 'train', 'val' and 'test'")
+        for k, groups in v.items():
+            _expect(_is_str_list(groups), f"{at}: splits.{k} must be a list of group names, "
+                                          f"got {groups!r:.80}")
+        _expect(bool(v.get("train")), f"{at}: splits.train must name at least one group")
+        return
+    raise SpecError(f"{at}: 'splits' must be \"prefix\" or a table of train/val/test group "
+                    f"lists, got {v!r}")
+
+
+def _check_graph(g: dict, at: str, base: Path) -> None:
+    from .store import check_fractions
+
+    if "seed" in g:
+        s = g["seed"]
+        _expect(isinstance(s, int) and not isinstance(s, bool) and s >= 0,
+                f"{at}: 'seed' must be a non-negative integer, got {s!r}")
+    if "fractions" in g:
+        try:
+            check_fractions(g["fractions"])
+        except InvalidParameter as e:
+            raise SpecError(f"{at}: {e}") from None
+        g["fractions"] = [float(f) for f in g["fractions"]]
+    for k in ("out", "name"):
+        if k in g:
+            _expect(isinstance(g[k], str) and g[k].strip() != "",
+                    f"{at}: {k!r} must be a non-empty string, got {g[k]!r}")
+    _check_splits(g.get("splits"), at)
+    if "out" in g:
+        g["out"] = str((base / g["out"]).resolve())
+
+
+def _check_node(n: dict, at: str, base: Path, check_files: bool) -> None:
+    _expect("cache" in n, f"{at}: missing 'cache' (a path to embeddings)")
+    c = n["cache"]
+    files = c if isinstance(c, list) else [c]
+    _expect(bool(files) and all(isinstance(f, str) and f.strip() for f in files),
+            f"{at}: 'cache' must be a path or a non-empty list of paths, got {c!r}")
+    for k in ("modality", "language", "encoder"):
+        if k in n:
+            _expect(isinstance(n[k], str), f"{at}: {k!r} must be a string, got {n[k]!r}")
+    if "prefixes" in n:
+        pr = n["prefixes"]
+        _expect(_is_str_list(pr) and all(pr), f"{at}: 'prefixes' must be a list of non-empty "
+                                               f"strings, got {pr!r}")
+        _expect(len(set(pr)) == len(pr), f"{at}: 'prefixes' must be distinct, got {pr!r}")
+        _expect(len(pr) == len(files), f"{at}: {len(files)} cache file(s) need as many "
+                                       f"'prefixes', got {len(pr)}")
+    elif len(files) > 1:
+        raise SpecError(f"{at}: {len(files)} cache files need as many 'prefixes' "
+                        f"(e.g. [\"train\", \"val\", \"test\"])")
+    resolved = [(base / f).resolve() for f in files]
+    if check_files:
+        for f, r in zip(files, resolved):
+            _expect(r.exists(), f"{at}: cache {f!r} not found (looked for {r})")
+    n["cache"] = [str(r) for r in resolved]
+
+
+def _check_edge(e: dict, at: str, names: set, base: Path, check_files: bool) -> None:
+    from .translators.base import TRANSLATORS, _ensure_registered
+    from .translators.posthoc import parse_post
+
+    _check_keys(e, EDGE_KEYS, at)
+    for k in ("src", "dst"):
+        _expect(k in e, f"{at}: missing {k!r}")
+        _expect(isinstance(e[k], str), f"{at}: {k} must be a node name (string), got {e[k]!r}")
+        _expect(e[k] in names, f"{at}: {k} {e[k]!r} is not a declared node; declared: "
+                               f"{sorted(names)}")
+    _expect(e["src"] != e["dst"], f"{at}: src and dst are both {e['src']!r}; an edge joins "
+                                  "two different nodes")
+    kind = e.get("translator", "mlp")
+    _expect(isinstance(kind, str) and kind in SPEC_TRANSLATORS,
+            f"{at}: unknown translator {kind!r}; expected one of {list(SPEC_TRANSLATORS)}")
+    d = e.get("directions", "both")
+    _expect(isinstance(d, str) and d in DIRECTIONS,
+            f"{at}: 'directions' must be one of {list(DIRECTIONS)}, got {d!r}")
+    params = e.get("params", {})
+    _expect(isinstance(params, dict), f"{at}: 'params' must be a table ([edges.params]), "
+                                      f"got {params!r}")
+    params = dict(params)
+    if "loss" in e:
+        _expect(kind == "mlp", f"{at}: 'loss' applies to translator 'mlp' only, not {kind!r}")
+        _expect("loss" not in params, f"{at}: 'loss' given both as a key and in [edges.params]")
+        params["loss"] = e["loss"]
+    _ensure_registered()
+    try:
+        TRANSLATORS[kind]._validate_param_values(params)
+    except InvalidParameter as ex:
+        raise SpecError(f"{at}: {ex}") from None
+    cw = e.get("cycle_weight", 0.0)
+    _expect(isinstance(cw, (int, float)) and not isinstance(cw, bool) and math.isfinite(cw)
+            and cw >= 0, f"{at}: 'cycle_weight' must be a finite number >= 0, got {cw!r}")
+    if cw > 0:
+        _expect(kind == "mlp" and d == "both",
+                f"{at}: cycle_weight {cw!r} needs translator 'mlp' and directions 'both' "
+                f"(both directions trained together), got {kind!r} and {d!r}")
+    if "post" in e:
+        try:
+            parse_post(e["post"])
+        except InvalidParameter as ex:
+            raise SpecError(f"{at}: 'post': {ex}") from None
+    _check_splits(e.get("splits"), at)
+    if "pairs" in e:
+        p = e["pairs"]
+        _expect(isinstance(p, str) and p.strip() != "",
+                f"{at}: 'pairs' must be a path to a CSV/TSV pair table, got {p!r}")
+        r = (base / p).resolve()
+        if check_files:
+            _expect(r.is_file(), f"{at}: pair table {p!r} not found (looked for {r})")
+        e["pairs"] = str(r)
+
+
 def build_graph_from_spec(spec: dict, progress: bool = False, log=print):
-    """Build a :class:`~bridge.graph.ModalityGraph` from a parsed spec, training its edges."""
+    """Build a :class:`~bridge.graph.ModalityGraph` from a parsed spec, training its edges.
+
+    The spec is validated again (see :func:`validate_spec`), every cache is loaded, and
+    every edge's pairs and split are checked (shared ids, non-empty train and val splits,
+    equal dimensions for identity edges) before the first edge trains.
+    """
     from .graph import ModalityGraph
     from .store import concat_caches, load_cache
 
+    spec = validate_spec(spec, Path.cwd(), where="spec")
     g = spec["graph"]
     graph = ModalityGraph(fractions=tuple(g.get("fractions", (0.8, 0.1, 0.1))), seed=g.get("seed", 0),
                           splits=g.get("splits"))
@@ -129,6 +283,7 @@ def build_graph_from_spec(spec: dict, progress: bool = False, log=print):
         graph.add_node(n["name"], cache, modality=n.get("modality"), language=n.get("language"),
                        encoder=n.get("encoder"))
         log(f"node {n['name']}: {len(cache)} rows, dim {cache.dim}")
+    _precheck_edges(graph, spec["edges"])
     for e in spec["edges"]:
         params = dict(e.get("params", {}))
         if progress and e.get("translator", "mlp") == "mlp":
@@ -141,3 +296,22 @@ def build_graph_from_spec(spec: dict, progress: bool = False, log=print):
             log(f"edge {s} -> {d}: val R@1 {m.get('val_R@1', float('nan')):.3f}, "
                 f"test R@1 {m.get('test_R@1', float('nan')):.3f}, cost {graph.edge(s, d)['cost']:.3f}")
     return graph
+
+
+def _precheck_edges(graph, edges) -> None:
+    """The data-dependent checks of every edge, before any edge trains."""
+    from .errors import DimensionMismatch, NoPairs
+
+    for i, e in enumerate(edges):
+        a, b = e["src"], e["dst"]
+        P = graph.pairs(a, b, e.get("pairs"))
+        idx = graph.split(P, e.get("splits"))
+        for key in ("train", "val"):
+            if idx[key].size == 0:
+                raise NoPairs(f"edges[{i}] {a!r} -> {b!r}: the {key} split holds no pairs "
+                              f"({len(P)} pairs); more paired groups are needed")
+        if e.get("translator", "mlp") == "identity":
+            da, db = graph.node(a)["dim"], graph.node(b)["dim"]
+            if da != db:
+                raise DimensionMismatch(f"edges[{i}] {a!r} -> {b!r}: an identity edge needs one "
+                                        f"space on both sides; got dimensions {da} and {db}")

@@ -29,7 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptFile, DimensionMismatch, EmptyData, InvalidEmbeddings, NoPairs
+from .errors import (
+    BridgeError,
+    CorruptFile,
+    DimensionMismatch,
+    EmptyData,
+    InvalidEmbeddings,
+    InvalidParameter,
+    NoPairs,
+)
 from .files import atomic_dir, atomic_write_bytes, read_json, write_json
 
 __all__ = [
@@ -52,29 +60,58 @@ __all__ = [
 
 
 def check_embeddings(x, name: str = "embeddings", dim: int | None = None) -> np.ndarray:
-    """Return ``x`` as a 2-D float array, or raise naming what is wrong with it."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+    """Return ``x`` as a 2-D float array, or raise naming what is wrong with it.
+
+    Accepts numpy arrays (memory maps stay memory maps: a float16/float32/float64 array
+    is returned as is, never copied), torch tensors and nested sequences of numbers.
+    Integer arrays are converted to float32. Refused with
+    :class:`~bridge.errors.InvalidEmbeddings`: complex, boolean, object and string
+    arrays, ragged sequences, zero columns and NaN/inf values;
+    :class:`~bridge.errors.EmptyData`: zero rows; :class:`~bridge.errors.DimensionMismatch`:
+    another rank than 2, or another width than ``dim``. Finiteness is checked
+    :data:`CHECK_CHUNK_ROWS` rows at a time, so that validating a large memory-mapped
+    array allocates no temporary of its size.
+    """
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu()
+        x = (x.float() if str(getattr(x, "dtype", "")) == "torch.bfloat16" else x).numpy()
     if not isinstance(x, np.ndarray):  # keeps a memory map a memory map
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:
+            raise InvalidEmbeddings(
+                f"{name}: cannot be read as a 2-D array of numbers ({e}); expected rows of "
+                "equal length holding numbers") from None
+    if x.dtype == object:
+        raise InvalidEmbeddings(
+            f"{name}: expected a float array, got dtype object (ragged rows or non-numeric "
+            "values); expected rows of equal length holding numbers")
+    if x.dtype == np.bool_:
+        raise InvalidEmbeddings(f"{name}: expected a float array, got dtype bool; convert it "
+                                "explicitly (x.astype(np.float32)) if 0/1 values are meant")
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise InvalidEmbeddings(
+            f"{name}: expected a real float array, got complex dtype {x.dtype}; the imaginary "
+            "part would be dropped; pass x.real (or np.abs(x)) explicitly")
     if x.ndim == 1 and dim is not None and x.shape[0] == dim:
         x = x[None, :]
     if x.ndim != 2:
         raise DimensionMismatch(
             f"{name}: expected a 2-D array (rows, dim), got shape {tuple(x.shape)}"
         )
+    if not np.issubdtype(x.dtype, np.number):
+        raise InvalidEmbeddings(f"{name}: expected a float array, got dtype {x.dtype}")
     if x.shape[0] == 0:
         raise EmptyData(f"{name}: expected at least one row, got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise InvalidEmbeddings(
+            f"{name}: expected at least one column, got shape {tuple(x.shape)} (zero width)")
     if not np.issubdtype(x.dtype, np.floating):
-        if np.issubdtype(x.dtype, np.number):
-            x = x.astype(np.float32)
-        else:
-            raise InvalidEmbeddings(f"{name}: expected a float array, got dtype {x.dtype}")
+        x = x.astype(np.float32)
     if dim is not None and x.shape[1] != dim:
         raise DimensionMismatch(f"{name}: expected dimension {dim}, got {x.shape[1]}")
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
+    bad = _nonfinite_rows(x)
+    if bad.size:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
         raise InvalidEmbeddings(
             f"{name}: {bad.size} row(s) hold NaN or inf values (rows {shown}); "
@@ -83,8 +120,106 @@ def check_embeddings(x, name: str = "embeddings", dim: int | None = None) -> np.
     return x
 
 
-def _as_str_array(values, name: str) -> np.ndarray:
-    arr = np.asarray([str(v) for v in values], dtype=object)
+#: rows per block when :func:`check_embeddings` scans an array for NaN/inf values
+CHECK_CHUNK_ROWS = 65536
+
+
+def _nonfinite_rows(x: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """Indices of the rows of a 2-D float array holding NaN or inf, scanned in row blocks.
+
+    A row's float64 sum is finite exactly when the row is (float16/float32 rows cannot
+    overflow it), so a block is summed first and only a block with a non-finite sum is
+    inspected element-wise. Working memory is a few rows' worth per block.
+    """
+    chunk = chunk or CHECK_CHUNK_ROWS
+    out = []
+    for s in range(0, x.shape[0], chunk):
+        block = x[s:s + chunk]
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = block.sum(axis=1, dtype=np.float64)
+        if np.isfinite(sums).all():
+            continue
+        rows = np.flatnonzero(~np.isfinite(sums))
+        rows = rows[~np.isfinite(block[rows]).all(axis=1)]  # float64 overflow is not NaN
+        out.append(rows + s)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+#: the largest finite float16 value
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+#: dtypes a cache can be stored as
+CACHE_DTYPES = ("float16", "float32")
+
+
+def check_float16_range(x, name: str = "embeddings", chunk: int | None = None) -> None:
+    """Refuse values that float16 cannot hold (they would be stored as inf).
+
+    Raises :class:`~bridge.errors.InvalidEmbeddings` naming the largest ``|value|`` and the
+    limit 65504. A value that rounds to 65504 (below 65520) is kept. Scans ``x`` in row
+    blocks (no temporary of its size).
+    """
+    chunk = chunk or CHECK_CHUNK_ROWS
+    top = 0.0
+    for s in range(0, x.shape[0], chunk):
+        block = x[s:s + chunk]
+        if block.size:
+            top = max(top, abs(float(block.max())), abs(float(block.min())))
+    with np.errstate(over="ignore"):
+        fits = bool(np.isfinite(np.float64(top).astype(np.float16)))
+    if not fits:
+        raise InvalidEmbeddings(
+            f"{name}: largest |value| is {top:.6g}, over the float16 limit {FLOAT16_MAX:.0f}; "
+            "it would be stored as inf; save with dtype='float32' or rescale the rows")
+
+
+def check_cache_dtype(x, dtype, name: str = "embeddings") -> np.dtype:
+    """The storage dtype of a cache (float16 or float32), checked against ``x``'s values."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in CACHE_DTYPES:
+        raise InvalidParameter(
+            f"parameter 'dtype' must be one of {list(CACHE_DTYPES)}, got {dtype!r}")
+    if dt == np.float16 and x.dtype != np.float16:
+        check_float16_range(x, name)
+    return dt
+
+
+def _as_str_array(values, name: str, n: int | None = None, what: str = "row") -> np.ndarray:
+    """One string per entry of a 1-D sequence (ids, groups); non-strings become ``str(v)``.
+
+    Refuses a scalar, a 2-D array and nested entries (:class:`DimensionMismatch`), and with
+    ``n`` another length than ``n``.
+    """
+    if values is None or isinstance(values, (str, bytes, dict)) or not (
+            isinstance(values, np.ndarray) or hasattr(values, "__iter__")) or (
+            isinstance(values, np.ndarray) and values.ndim == 0):
+        raise InvalidParameter(
+            f"{name}: expected a sequence of one id per {what}, got {type(values).__name__} "
+            f"{str(values)[:40]!r}")
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise DimensionMismatch(
+                f"{name}: expected a 1-D sequence of one id per {what}, got an array of shape "
+                f"{values.shape}")
+        if values.dtype.kind in "iuU":  # str() of each element, without a Python loop
+            return _check_len(values.astype(str).astype(object), name, n, what)
+    out = []
+    for v in values:
+        if isinstance(v, (list, tuple, set, dict)) or (isinstance(v, np.ndarray) and v.ndim > 0):
+            raise DimensionMismatch(
+                f"{name}: expected one scalar id per {what}, got a nested "
+                f"{type(v).__name__} {str(v)[:40]!r} at position {len(out)}")
+        out.append(str(v))
+    return _check_len(np.asarray(out, dtype=object).reshape(-1), name, n, what)
+
+
+def _check_len(arr, name, n, what):
+    if n is not None and arr.shape[0] != n:
+        raise DimensionMismatch(
+            f"{name}: got {arr.shape[0]} entries for {n} {what}s; expected one per {what}")
     return arr
 
 
@@ -103,7 +238,12 @@ class Cache:
     path: str | None = None
 
     def __post_init__(self):
-        self.emb = check_embeddings(self.emb, name=self.meta.get("name", "cache"))
+        if self.meta is None:
+            self.meta = {}
+        if not isinstance(self.meta, dict):
+            raise InvalidParameter(
+                f"cache meta: expected a dict, got {type(self.meta).__name__} {self.meta!r:.60}")
+        self.emb = check_embeddings(self.emb, name=str(self.meta.get("name", "cache")))
         self.ids = _as_str_array(self.ids, "ids")
         if self.ids.shape[0] != self.emb.shape[0]:
             raise DimensionMismatch(
@@ -165,13 +305,33 @@ class Cache:
         )
 
 
-def _read_ids_file(path: Path) -> list[str] | None:
+def _read_ids_file(path: Path) -> tuple[list, Path] | None:
+    """Ids of a ``.npy`` cache from a sibling ``<name>.ids.json`` / ``<name>.ids.txt``."""
     for cand in (path.with_suffix(".ids.json"), path.with_suffix(".ids.txt")):
         if cand.exists():
             if cand.suffix == ".json":
-                return [str(v) for v in read_json(cand)]
-            return cand.read_text().splitlines()
+                return read_json(cand, "ids file"), cand
+            try:
+                return cand.read_text(encoding="utf-8").splitlines(), cand
+            except (OSError, UnicodeDecodeError) as e:
+                raise CorruptFile(f"ids file {cand} cannot be read: {e}") from e
     return None
+
+
+def _check_column(values, n: int, where: str, what: str = "ids") -> list[str]:
+    """A column read from a cache file: a flat list of one scalar per row."""
+    if not isinstance(values, list):
+        raise CorruptFile(f"{where}: expected a list of {what} (one per row), got "
+                          f"{type(values).__name__}")
+    bad = next((k for k, v in enumerate(values)
+                if not isinstance(v, (str, int)) or isinstance(v, bool)), None)
+    if bad is not None:
+        raise CorruptFile(f"{where}: entry {bad} is {values[bad]!r:.40}; expected one string "
+                          f"per row")
+    if len(values) != n:
+        raise CorruptFile(f"{where}: {len(values)} {what} for {n} embedding rows; expected "
+                          "one per row")
+    return [str(v) for v in values]
 
 
 def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
@@ -179,32 +339,49 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
 
     Keyword arguments are merged into the cache's ``meta`` (``modality="text"``...).
     Nothing is ever unpickled: ``.npy``/``.npz`` are read with ``allow_pickle=False``.
+    Everything is checked here: a 2-D float array of finite values, one id (and group)
+    per row, a ``meta`` object; anything else raises
+    :class:`~bridge.errors.CorruptFile` naming the file and the field.
     """
+    import zipfile
+    import zlib
+
+    from .files import recover
+
     p = Path(path)
+    recover(p)
     if not p.exists():
         raise CorruptFile(f"cache not found: {p}")
     ids = groups = None
     m: dict = {}
+    emb_file = ids_file = groups_file = meta_file = p
     try:
         if p.is_dir():
-            emb_path = p / "embeddings.npy"
+            emb_path = emb_file = p / "embeddings.npy"
             if not emb_path.exists():
                 raise CorruptFile(f"cache folder {p} has no embeddings.npy")
             emb = np.load(emb_path, mmap_mode="r" if mmap else None, allow_pickle=False)
-            ids = read_json(p / "ids.json") if (p / "ids.json").exists() else None
-            if (p / "groups.json").exists():
-                groups = read_json(p / "groups.json")
-            if (p / "meta.json").exists():
-                m = read_json(p / "meta.json")
+            ids_file, groups_file, meta_file = p / "ids.json", p / "groups.json", p / "meta.json"
+            ids = read_json(ids_file, "cache ids") if ids_file.exists() else None
+            if groups_file.exists():
+                groups = read_json(groups_file, "cache groups")
+            if meta_file.exists():
+                m = read_json(meta_file, "cache meta")
         elif p.suffix == ".npy":
             emb = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-            ids = _read_ids_file(p)
+            found = _read_ids_file(p)
+            if found is not None:
+                ids, ids_file = found
         elif p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:
                 key = "embeddings" if "embeddings" in z else "emb" if "emb" in z else None
                 if key is None:
                     raise CorruptFile(f"{p}: expected an array named 'embeddings', found {list(z)}")
                 emb = z[key]
+                for name in ("ids", "groups"):
+                    if name in z and z[name].ndim != 1:
+                        raise CorruptFile(f"{p}: array {name!r} has shape {z[name].shape}; "
+                                          "expected one entry per row (1-D)")
                 ids = z["ids"].tolist() if "ids" in z else None
                 groups = z["groups"].tolist() if "groups" in z else None
         elif p.suffix == ".safetensors":
@@ -213,38 +390,133 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
             from safetensors import safe_open
 
             try:
-                emb = load_file(str(p))["embeddings"]
+                tensors = load_file(str(p))
                 with safe_open(str(p), framework="np") as fh:
                     header = fh.metadata() or {}
-            except (SafetensorError, KeyError) as e:
+            except SafetensorError as e:
                 raise CorruptFile(f"{p}: not a readable safetensors cache ({e})") from e
-            ids = json.loads(header["ids"]) if "ids" in header else None
-            groups = json.loads(header["groups"]) if "groups" in header else None
-            m = json.loads(header.get("meta", "{}"))
+            if "embeddings" not in tensors:
+                raise CorruptFile(f"{p}: expected a tensor named 'embeddings', found "
+                                  f"{sorted(tensors)}")
+            emb = tensors["embeddings"]
+            for name in ("ids", "groups", "meta"):
+                if name in header:
+                    try:
+                        val = json.loads(header[name], parse_constant=_no_constant)
+                    except (ValueError, RecursionError) as e:
+                        raise CorruptFile(f"{p}: header field {name!r} is not valid JSON: {e}") from e
+                    if name == "ids":
+                        ids = val
+                    elif name == "groups":
+                        groups = val
+                    else:
+                        m = val
         else:
             raise CorruptFile(
                 f"unknown cache format {p.suffix!r} for {p}; expected a folder, "
                 ".npy, .npz or .safetensors"
             )
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         if isinstance(e, CorruptFile):
             raise
         raise CorruptFile(f"{p}: cannot read cache ({e})") from e
+    if not isinstance(emb, np.ndarray) or emb.ndim != 2:
+        raise CorruptFile(f"{emb_file}: embeddings have shape {getattr(emb, 'shape', '?')}; "
+                          "expected a 2-D array (rows, dim)")
+    if emb.dtype.kind not in "fiu":
+        raise CorruptFile(f"{emb_file}: embeddings have dtype {emb.dtype}; expected floats")
+    n = int(emb.shape[0])
+    if not isinstance(m, dict):
+        raise CorruptFile(f"{meta_file}: meta: expected an object, got {type(m).__name__}")
+    if ids is not None:
+        ids = _check_column(ids, n, f"{ids_file}: ids")
+    if groups is not None:
+        groups = _check_column(groups, n, f"{groups_file}: groups", "groups")
     m.update(meta)
     m.setdefault("name", p.stem if not p.is_dir() else p.name)
     if ids is None:
-        ids = [str(i) for i in range(emb.shape[0])]
-    cache = Cache(ids=ids, emb=emb, meta=m, groups=groups, path=str(p))
+        ids = [str(i) for i in range(n)]
+    try:
+        cache = Cache(ids=ids, emb=emb, meta=m, groups=groups, path=str(p))
+    except BridgeError as e:
+        raise CorruptFile(f"{emb_file}: {e}") from e
     return cache
 
 
-def save_cache(path: str | os.PathLike, cache: Cache, dtype="float16") -> Path:
-    """Write ``cache`` atomically: ``.npz`` and ``.safetensors`` paths are single files,
-    any other path is a cache folder."""
+def _no_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _encoder_of(meta) -> tuple:
+    meta = meta if isinstance(meta, dict) else {}
+    return meta.get("encoder"), meta.get("model")
+
+
+def check_same_encoder(path: str | os.PathLike, meta: dict, overwrite: bool = False) -> None:
+    """Refuse to replace the cache at ``path`` by one of another encoder.
+
+    A finished cache is replaced only by one whose ``meta`` names the same ``encoder``
+    (and the same ``model`` where both name one); otherwise
+    :class:`~bridge.errors.FolderExists`, unless ``overwrite=True``.
+    """
+    from .errors import FolderExists
+    from .files import folder_kind
+
     p = Path(path)
+    if overwrite or not p.exists():
+        return
+    if p.is_dir():
+        if folder_kind(p) != "cache":
+            return
+        try:
+            old = json.loads((p / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+    elif p.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="np") as fh:
+                old = json.loads((fh.metadata() or {}).get("meta", "{}"))
+        except Exception:  # an unreadable file holds no encoder to protect  # noqa: BLE001
+            old = {}
+    else:
+        return
+    (ea, ma), (eb, mb) = _encoder_of(old), _encoder_of(meta)
+    if ea != eb or (ma is not None and mb is not None and ma != mb):
+        was = f"{ea!r}" + (f" (model {ma!r})" if ma else "")
+        now = f"{eb!r}" + (f" (model {mb!r})" if mb else "")
+        raise FolderExists(f"{p} holds a cache of encoder {was}; refusing to replace it with "
+                           f"one of encoder {now} (pass overwrite=True / --overwrite, or "
+                           "choose another path)")
+
+
+def save_cache(path: str | os.PathLike, cache: Cache, dtype="float16",
+               overwrite: bool = False) -> Path:
+    """Write ``cache`` atomically: ``.npz`` and ``.safetensors`` paths are single files,
+    any other path is a cache folder.
+
+    An existing cache is replaced only by one of the same encoder (see
+    :func:`check_same_encoder`); a folder that holds anything else than a cache (or is
+    not empty) and a folder where a cache file should go are refused with
+    :class:`~bridge.errors.FolderExists` unless ``overwrite=True``.
+    """
+    from .errors import FolderExists
+    from .files import dumps_json
+
+    p = Path(path)
+    dtype = check_cache_dtype(cache.emb, dtype, str(cache.meta.get("name", p.name)))
     emb = np.ascontiguousarray(np.asarray(cache.emb, dtype=dtype))
     ids = [str(v) for v in cache.ids]
     groups = None if cache.groups is None else [str(v) for v in cache.groups]
+    single = p.suffix in (".npz", ".safetensors")
+    if single and p.is_dir() and not overwrite:
+        raise FolderExists(f"{p} is a folder; refusing to replace it with a cache file (pass "
+                           "overwrite=True / --overwrite, or choose another path)")
+    if single and p.is_dir():
+        import shutil
+
+        shutil.rmtree(p)
     if p.suffix == ".npz":
         import io
 
@@ -253,16 +525,18 @@ def save_cache(path: str | os.PathLike, cache: Cache, dtype="float16") -> Path:
         if groups is not None:
             arrays["groups"] = np.asarray(groups, dtype=str)
         np.savez_compressed(buf, **arrays)
-        atomic_write_bytes(p, buf.getvalue())
+        atomic_write_bytes(p, buf.getvalue(), clean=True)
     elif p.suffix == ".safetensors":
         from safetensors.numpy import save
 
-        header = {"ids": json.dumps(ids), "meta": json.dumps(cache.meta)}
+        check_same_encoder(p, cache.meta, overwrite)
+        header = {"ids": dumps_json(ids, None), "meta": dumps_json(cache.meta, None)}
         if groups is not None:
-            header["groups"] = json.dumps(groups)
-        atomic_write_bytes(p, save({"embeddings": emb}, metadata=header))
+            header["groups"] = dumps_json(groups, None)
+        atomic_write_bytes(p, save({"embeddings": emb}, metadata=header), clean=True)
     else:  # any other name is a cache folder ("en.minilm" included)
-        with atomic_dir(p) as tmp:
+        with atomic_dir(p, kind="cache", overwrite=overwrite) as tmp:
+            check_same_encoder(p, cache.meta, overwrite)
             np.save(tmp / "embeddings.npy", emb, allow_pickle=False)
             write_json(tmp / "ids.json", ids)
             write_json(tmp / "meta.json", cache.meta)
@@ -277,8 +551,17 @@ def concat_caches(caches: Sequence[Cache], prefixes: Sequence[str]) -> Cache:
     The usual use is one cache per predefined split (``prefixes=["train", "val",
     "test"]``), so that ``splits="prefix"`` in :meth:`ModalityGraph.connect` keeps them.
     """
+    caches, prefixes = list(caches), list(prefixes)
     if len(caches) != len(prefixes):
-        raise ValueError(f"got {len(caches)} caches but {len(prefixes)} prefixes; expected one each")
+        raise InvalidParameter(
+            f"got {len(caches)} caches but {len(prefixes)} prefixes; expected one each")
+    if not caches:
+        raise EmptyData("concat_caches: expected at least one cache, got none")
+    bad = [c for c in caches if not isinstance(c, Cache)]
+    if bad:
+        raise InvalidParameter(f"concat_caches: expected Cache objects, got {type(bad[0]).__name__}")
+    if len(set(map(str, prefixes))) != len(prefixes):
+        raise InvalidParameter(f"concat_caches: prefixes must be distinct, got {prefixes}")
     dims = {c.dim for c in caches}
     if len(dims) != 1:
         raise DimensionMismatch(f"caches to stack have different dimensions: {sorted(dims)}")
@@ -385,8 +668,12 @@ class PairTable:
     @classmethod
     def from_pairs(cls, pairs, groups=None) -> "PairTable":
         """From a sequence of ``(id_a, id_b)`` tuples."""
+        if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+            raise InvalidParameter(f"expected a sequence of (id_a, id_b) pairs, got "
+                                   f"{type(pairs).__name__} {str(pairs)[:40]!r}")
         pairs = list(pairs)
-        bad = [p for p in pairs if not isinstance(p, (tuple, list)) or len(p) != 2]
+        bad = [p for p in pairs
+               if not isinstance(p, (tuple, list, np.ndarray)) or len(p) != 2]
         if bad:
             raise DimensionMismatch(f"expected (id_a, id_b) pairs, got {bad[0]!r}")
         return cls([p[0] for p in pairs], [p[1] for p in pairs], groups)
@@ -481,6 +768,19 @@ def _group_hash(groups: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
+def check_fractions(fractions) -> np.ndarray:
+    """``(train, val, test)`` as three finite non-negative floats summing to 1."""
+    ok = isinstance(fractions, (tuple, list, np.ndarray)) and len(fractions) == 3 and all(
+        isinstance(f, (int, float, np.integer, np.floating)) and not isinstance(f, (bool, np.bool_))
+        for f in fractions)
+    fr = np.asarray(fractions, dtype=float) if ok else None
+    if fr is None or not np.isfinite(fr).all() or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
+        raise InvalidParameter(
+            f"parameter 'fractions' must be three non-negative numbers (train, val, test) "
+            f"summing to 1, got {fractions!r}")
+    return fr
+
+
 def split_groups(
     groups: Sequence[str] | np.ndarray,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -494,9 +794,11 @@ def split_groups(
     and multi-hop evaluation on test rows is clean. When there are at least three groups,
     no split with a non-zero fraction is empty. Returns index arrays keyed ``"train"``, ``"val"``, ``"test"``.
     """
-    fr = np.asarray(fractions, dtype=float)
-    if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    fr = check_fractions(fractions)
+    if isinstance(groups, (str, bytes)) or np.ndim(groups) != 1:
+        raise DimensionMismatch(
+            f"groups: expected a 1-D sequence of one group per row, got "
+            f"{'a string' if isinstance(groups, (str, bytes)) else f'shape {np.shape(groups)}'}")
     groups = np.asarray(groups).astype(str)
     if groups.shape[0] == 0:
         raise EmptyData("cannot split zero rows")

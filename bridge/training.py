@@ -3,10 +3,11 @@
 :func:`train` fits one network (X -> Y), or two at once (X -> Y and Y -> X) with an
 optional cycle-consistency term. It is seeded and deterministic on CPU, runs on CUDA
 when present, shows a progress bar on request, and returns a :class:`FitReport`.
-Early stopping watches held-out R@1 (ties broken by mean cosine); the weights of the
-best epoch are restored at the end, and epoch 0 (the initial weights) counts as a
-candidate, so a network started from a closed-form solution never ends worse than it
-on the held-out rows.
+Early stopping watches held-out R@1 (:func:`bridge.metrics.paired_retrieval`: a wrong
+row scoring as high as the right one counts as a miss), then mean cosine between epochs
+of equal R@1; the weights of the best epoch are restored at the end, and epoch 0 (the
+initial weights) counts as a candidate, so a network started from a closed-form solution
+never ends worse than it on the held-out rows.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ import json
 import networkx as nx
 import numpy as np
 import pytest
+import torch
 
 import bridge
 from bridge import ModalityGraph, load_graph
@@ -13,6 +14,7 @@ from bridge.errors import (
     DuplicateNode,
     EmptyData,
     InvalidEmbeddings,
+    InvalidParameter,
     NoPairs,
     NoRoute,
     UnknownNode,
@@ -44,7 +46,7 @@ def graph():
     g.add_node("scratch", c_noisy)
     T = bridge.ProcrustesTranslator().fit(a.vectors()[:400], c_noisy.vectors()[:400])
     m = bridge.paired_retrieval(T.transform(a.vectors()[400:500]), c.vectors()[400:500])
-    g.add_edge("text:en@a", "image@c", T, {"val_R@1": m["R@1"], "val_cos": m["cos"]})
+    g.add_edge("text:en@a", "image@c", T, {"val_R@1": m["R@1"], "val_cos": m["cos"], "n_val": 100})
     g.remove_node("scratch")
     return g
 
@@ -89,7 +91,7 @@ def test_edge_cost_charges_each_hop():
     assert edge_cost({"val_R@1": 1.0}) == pytest.approx(HOP_COST)
     assert edge_cost({"val_R@1": 0.5}, hop_cost=0.0) == pytest.approx(np.log(2))
     assert edge_cost({"val_cos": 0.9}, hop_cost=0.1) == pytest.approx(0.2)
-    with pytest.raises(ValueError, match="hop_cost must be >= 0, got -1"):
+    with pytest.raises(InvalidParameter, match="hop_cost must be a finite number >= 0, got -1"):
         edge_cost({"val_R@1": 1.0}, hop_cost=-1)
     # equally perfect edges: the one-hop route wins over the two-hop detour
     a, b, c, _ = three_spaces()
@@ -107,7 +109,7 @@ def test_edge_cost_charges_each_hop():
 def test_weight_function_and_attribute(graph):
     hops = graph.route("text:en@a", "image@c", weight=lambda u, v, d: 1.0)
     assert hops.nodes == ("text:en@a", "image@c") and hops.cost == 1.0
-    with pytest.raises(KeyError, match="no attribute 'speed'"):
+    with pytest.raises(InvalidParameter, match="no attribute 'speed'"):
         graph.route("text:en@a", "image@c", weight="speed")
 
 
@@ -138,16 +140,55 @@ def test_edge_metrics_and_split_disjoint(graph):
     m = graph.edge("text:en@a", "text:de@b")["metrics"]
     assert m["n_train"] + m["n_val"] + m["n_test"] == 600
     assert m["test_R@1"] > 0.9 and m["val_cos"] > 0.9
+    groups = {}
+    for a, b in (("text:en@a", "text:de@b"), ("text:de@b", "image@c")):
+        P = graph.pairs(a, b)
+        idx = graph.split(P)
+        sizes = tuple(idx[k].size for k in ("train", "val", "test"))
+        assert sizes == tuple(graph.edge(a, b)["metrics"][f"n_{k}"] for k in ("train", "val", "test"))
+        # the three index sets are disjoint and cover every pair
+        allrows = np.concatenate([idx["train"], idx["val"], idx["test"]])
+        assert np.array_equal(np.sort(allrows), np.arange(len(P)))
+        for k, rows in idx.items():
+            groups.setdefault(k, set()).update(P.groups[rows].tolist())
+    # no group is in two splits, even across edges: one edge's test rows are never the
+    # training rows of another
+    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
+    assert not (groups["val"] & groups["test"])
+    assert len(groups["test"]) == m["n_test"]
+    assert set(graph.cache("text:en@a").ids[graph.test_rows("text:en@a")]) == groups["test"]
 
 
 def test_mlp_edges_with_cycle_term():
-    a, b, _, _ = three_spaces(n=400, d=8)
-    g = ModalityGraph()
-    g.add_node("x@a", a)
-    rep = g.add_modality("y@b", b, link_to="x@a", translator="mlp", loss="infonce+mse",
-                         cycle_weight=0.5, width=32, epochs=3, batch_size=64)
-    assert set(rep) == {("y@b", "x@a"), ("x@a", "y@b")}
-    assert g.edge("x@a", "y@b")["translator"].fit_report_["cycle_weight"] == 0.5
+    """The cycle term makes the pair reconstruct better around x -> y -> x and y -> x -> y
+    than the same joint training without it (same seed, batches and initial weights).
+
+    InfoNCE alone ignores the scale and offset of the outputs, so two directions trained
+    for it alone need not invert each other; the cycle term asks them to.
+    """
+    rng = np.random.default_rng(0)
+    n, d = 400, 8
+    ids = [f"i{k}" for k in range(n)]
+    A = unit(rng.standard_normal((n, d)))
+    B = unit(np.tanh(2 * A @ random_orthogonal(d, rng)) + 0.3 * rng.standard_normal((n, d)))
+
+    def trained(cycle_weight):
+        g = ModalityGraph(seed=0)
+        g.add_node("x@a", Cache(ids=ids, emb=A.astype(np.float32)))
+        rep = g.add_modality("y@b", Cache(ids=ids, emb=B.astype(np.float32)), link_to="x@a",
+                             translator="mlp", loss="infonce", init=None, cycle_weight=cycle_weight,
+                             width=32, epochs=10, patience=100, batch_size=64, seed=0)
+        assert set(rep) == {("y@b", "x@a"), ("x@a", "y@b")}
+        return g
+
+    off, on = trained(1e-6), trained(5.0)  # 1e-6: the joint training, cycle term negligible
+    assert on.edge("x@a", "y@b")["translator"].fit_report_["cycle_weight"] == 5.0
+    w_off = off.translator("x@a", "y@b").net_.state_dict()
+    w_on = on.translator("x@a", "y@b").net_.state_dict()
+    assert any(not torch.allclose(w_off[k], w_on[k]) for k in w_off)
+    for walk in (["x@a", "y@b", "x@a"], ["y@b", "x@a", "y@b"]):
+        loss_off, loss_on = off.reconstruction(walk)["mean"], on.reconstruction(walk)["mean"]
+        assert loss_on < 0.85 * loss_off, (walk, loss_on, loss_off)
 
 
 def test_save_load_round_trip(graph, tmp_path):

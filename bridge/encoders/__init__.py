@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import BridgeError
+from ..errors import BridgeError, InvalidParameter
 from .base import Encoder, MultiModalEncoder, l2_normalize, module_available
 
 __all__ = [
@@ -57,7 +57,7 @@ def register_encoder(name: str, cls: type | str, overwrite: bool = False) -> Non
     """Make ``get_encoder(name)`` build ``cls`` (an :class:`Encoder` subclass or a
     ``"module:Class"`` string)."""
     if name in _REGISTRY and not overwrite:
-        raise ValueError(f"encoder {name!r} is already registered; pass overwrite=True")
+        raise InvalidParameter(f"encoder {name!r} is already registered; pass overwrite=True")
     _REGISTRY[name] = cls
 
 

@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import CorruptFile
+from ..errors import CorruptFile, InvalidParameter
 from .base import Encoder, import_optional, torch_threads
 
 __all__ = ["AisfxEncoder", "ResemblyzerEncoder", "load_audio"]
@@ -45,7 +45,7 @@ def load_audio(item, sr: int, what: str = "audio loading") -> np.ndarray:
         return np.ascontiguousarray(wav, dtype=np.float32)
     wav = np.asarray(item, dtype=np.float32)
     if wav.ndim != 1:
-        raise ValueError(
+        raise InvalidParameter(
             f"expected a 1-D waveform at {sr} Hz, got shape {wav.shape}; pass (waveform, "
             "sample_rate) tuples or file paths otherwise"
         )

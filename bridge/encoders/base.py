@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BridgeError, InvalidEmbeddings, MissingExtra
+from ..errors import BridgeError, InvalidEmbeddings, InvalidParameter, MissingExtra
 
 __all__ = ["Encoder", "MultiModalEncoder", "l2_normalize", "module_available"]
 
@@ -143,7 +143,7 @@ class Encoder:
         n = len(items)
         bs = self.default_batch_size if batch_size is None else int(batch_size)
         if bs < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+            raise InvalidParameter(f"batch_size must be a positive integer, got {batch_size}")
         if n == 0:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
         bar = None
@@ -199,7 +199,7 @@ class MultiModalEncoder(Encoder):
 
     def _check_modality(self, modality: str) -> str:
         if modality not in self.modalities:
-            raise ValueError(
+            raise InvalidParameter(
                 f"{self.name} has no {modality!r} side; choose one of {list(self.modalities)}"
             )
         return modality

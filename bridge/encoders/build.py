@@ -27,9 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BridgeError, CorruptFile, DimensionMismatch, EmptyData
-from ..files import atomic_dir, atomic_write_bytes, write_json
-from ..store import Cache, load_cache, save_cache
+from ..errors import (
+    BridgeError,
+    CorruptFile,
+    DimensionMismatch,
+    EmptyData,
+    FolderExists,
+    InvalidParameter,
+)
+from ..files import atomic_dir, atomic_write_bytes, check_replace, write_json
+from ..store import Cache, check_same_encoder, load_cache, save_cache
 
 __all__ = [
     "build_cache",
@@ -76,6 +83,37 @@ def _part_path(parts: Path, k: int) -> Path:
     return parts / f"part-{k:06d}.npy"
 
 
+def _part_width(path: Path, rows: int) -> int | None:
+    """The width of a finished chunk (read from its header only), None when missing."""
+    if not path.exists():
+        return None
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if x.ndim != 2 or x.shape[0] != rows:
+        return None
+    return int(x.shape[1])
+
+
+def _check_part_widths(parts: Path, bounds) -> int | None:
+    """The common width of the finished parts; :class:`DimensionMismatch` naming the
+    first part whose width differs."""
+    first = None
+    for k, (a, b) in enumerate(bounds):
+        w = _part_width(_part_path(parts, k), b - a)
+        if w is None:
+            continue
+        if first is None:
+            first = (k, w)
+        elif w != first[1]:
+            raise DimensionMismatch(
+                f"{_part_path(parts, k)} has width {w} but {_part_path(parts, first[0]).name} "
+                f"has width {first[1]}; the finished parts of one cache must share a width "
+                "(delete parts/ or pass overwrite=True to start again)")
+    return None if first is None else first[1]
+
+
 def _read_part(path: Path, rows: int) -> np.ndarray | None:
     """A finished chunk, or None when it is missing or unreadable."""
     if not path.exists():
@@ -115,9 +153,18 @@ def build_cache(
     that are missing. Parts left by a different input set are discarded. If ``out_dir``
     already holds a finished cache for the same ids it is returned as is, unless
     ``overwrite=True``. Returns the cache read back from ``out_dir``.
+
+    Nothing that is not this build's is replaced without ``overwrite=True``
+    (:class:`~bridge.errors.FolderExists`, before anything is written): ``out_dir`` may
+    be missing, empty, an unfinished build or a finished cache *of the same encoder*.
+    Unfinished parts made by another encoder are refused too (they are discarded only
+    with ``overwrite=True``), and a resumed build whose parts, or whose new chunks,
+    differ in width raises :class:`~bridge.errors.DimensionMismatch` naming the part and
+    the widths, before the new chunk is written.
     """
     if isinstance(items, (str, bytes, os.PathLike)):
-        raise TypeError("items must be a list of inputs, not a single string or path")
+        raise InvalidParameter(f"parameter 'items' must be a list of inputs, not a single "
+                               f"string or path, got {str(items)[:60]!r}")
     if not isinstance(items, (Sequence, np.ndarray)):
         items = list(items)
     ids = [str(k) for k in ids]
@@ -130,9 +177,9 @@ def build_cache(
         groups = [str(g) for g in groups]
         if len(groups) != n:
             raise DimensionMismatch(f"build_cache: {n} items but {len(groups)} groups")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InvalidParameter(f"parameter 'chunk_size' must be a positive integer, got {chunk_size!r}")
     chunk_size = int(chunk_size)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
 
     out_dir = Path(out_dir)
     info = _encoder_info(encoder)
@@ -143,10 +190,13 @@ def build_cache(
         "chunk_size": chunk_size,
         "ids": _ids_digest(ids),
     }
+    check_replace(out_dir, ("cache", "cache-build"), overwrite)
+    new_meta = {**{k: v for k, v in info.items() if v is not None}, **(meta or {})}
     if not overwrite and (out_dir / "embeddings.npy").exists():
         done = _finished_cache(out_dir, ids, manifest)
         if done is not None:
             return done
+        check_same_encoder(out_dir, new_meta)
 
     parts = out_dir / _PARTS
     man_path = parts / _MANIFEST
@@ -157,17 +207,26 @@ def build_cache(
         except (OSError, ValueError):
             pass
         if old != manifest:
+            same = isinstance(old, dict) and (old.get("encoder"), old.get("model")) == (
+                manifest["encoder"], manifest["model"])
+            if not same and not overwrite and isinstance(old, dict):
+                raise FolderExists(
+                    f"{parts} holds unfinished parts made by encoder {old.get('encoder')!r} "
+                    f"(model {old.get('model')!r}); this run uses {manifest['encoder']!r} "
+                    f"(model {manifest['model']!r}); refusing to discard them (pass "
+                    "overwrite=True / --overwrite, or choose another --out)")
             warnings.warn(
                 f"discarding unfinished parts in {parts}: they were made for another "
                 "encoder, id list or chunk size",
                 stacklevel=2,
             )
             shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    write_json(man_path, manifest)
 
     n_chunks = -(-n // chunk_size)
     bounds = [(k * chunk_size, min(n, (k + 1) * chunk_size)) for k in range(n_chunks)]
+    dim = _check_part_widths(parts, bounds) if parts.exists() else None
+    parts.mkdir(parents=True, exist_ok=True)
+    write_json(man_path, manifest)
     todo = [k for k, (a, b) in enumerate(bounds) if _read_part(_part_path(parts, k), b - a) is None]
 
     bar = None
@@ -178,7 +237,6 @@ def build_cache(
             total=n, initial=n - sum(bounds[k][1] - bounds[k][0] for k in todo),
             desc=f"encoding {info.get('encoder')}", unit="row",
         )
-    dim = None
     try:
         for k in todo:
             a, b = bounds[k]
@@ -188,7 +246,11 @@ def build_cache(
                     f"encoder {info.get('encoder')!r} returned shape {x.shape} for {b - a} items"
                 )
             if dim is not None and x.shape[1] != dim:
-                raise DimensionMismatch(f"chunk {k} has dimension {x.shape[1]}, earlier ones {dim}")
+                raise DimensionMismatch(
+                    f"encoder {info.get('encoder')!r} returned width {x.shape[1]} for "
+                    f"{_part_path(parts, k).name} but the finished parts in {parts} have width "
+                    f"{dim}; nothing was written for it (same encoder name, another model? "
+                    "pass overwrite=True to start again)")
             dim = x.shape[1]
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
@@ -205,10 +267,10 @@ def build_cache(
         if x is None:  # only if a part vanished while we ran
             raise CorruptFile(f"part {_part_path(parts, k)} is missing or unreadable; run again")
         chunks.append(x)
-    emb = np.concatenate(chunks, axis=0)
     dims = {c.shape[1] for c in chunks}
     if len(dims) != 1:
-        raise DimensionMismatch(f"parts in {parts} have different dimensions {sorted(dims)}")
+        raise DimensionMismatch(f"parts in {parts} have different widths {sorted(dims)}")
+    emb = np.concatenate(chunks, axis=0)
 
     m = {**{k: v for k, v in info.items() if v is not None}, "dim": int(emb.shape[1])}
     m["build"] = manifest
@@ -218,7 +280,7 @@ def build_cache(
     # save_cache picks the format from the suffix, and a cache folder may well be named
     # "en.minilm": write the folder format inside a temporary directory, then swap that
     # directory in for out_dir (which drops parts/ with it).
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind=("cache", "cache-build"), overwrite=overwrite) as tmp:
         save_cache(tmp / "cache", cache, dtype=dtype)
         for f in (tmp / "cache").iterdir():
             os.replace(f, tmp / f.name)

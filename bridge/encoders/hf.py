@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..errors import InvalidParameter
 from .audio import load_audio
 from .base import MultiModalEncoder, l2_normalize, move_to, torch_threads
 
@@ -85,7 +86,7 @@ class HFDualEncoder(MultiModalEncoder):
     def preprocess(self, batch) -> dict:
         """The model inputs (tensors) for one batch of raw items of this side."""
         if self.processor is None:
-            raise ValueError(
+            raise InvalidParameter(
                 f"{self.name}: no processor; pass processor=... (a transformers processor or "
                 "a callable returning model inputs) or use encode_inputs() with tensors"
             )

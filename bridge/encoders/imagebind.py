@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import CorruptFile
+from ..errors import CorruptFile, InvalidParameter
 from .base import MultiModalEncoder, l2_normalize, torch_threads
 
 __all__ = ["ImageBindEncoder", "load_state_dict"]
@@ -97,7 +97,7 @@ class ImageBindEncoder(MultiModalEncoder):
         if model is None:
             builder = self._import("imagebind.models.imagebind_model")
             if checkpoint is None:
-                raise ValueError(
+                raise InvalidParameter(
                     "ImageBindEncoder needs checkpoint=<path to imagebind_huge.pth>: weights "
                     "are never downloaded by bridge"
                 )

@@ -1,6 +1,8 @@
 """The estimator contract every translator follows, and its safetensors persistence.
 
-``__init__`` stores hyper-parameters only; ``fit(X, Y)`` validates shapes, sets
+``__init__`` stores hyper-parameters only; ``fit(X, Y)`` checks them against the class's
+``_parameter_constraints`` (see :mod:`bridge.params`; so does :func:`make_translator`,
+which also refuses unknown parameter names), validates shapes, sets
 trailing-underscore state and returns ``self``; ``transform`` before ``fit`` raises
 :class:`~bridge.errors.NotFittedError`. ``save(dir)`` writes ``config.json`` (kind,
 hyper-parameters, dimensions, fit report) and ``model.safetensors`` (the fitted arrays);
@@ -15,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptFile, DimensionMismatch, NotFittedError
+from ..errors import CorruptFile, DimensionMismatch, InvalidParameter, NotFittedError
 from ..metrics import paired_retrieval
 from ..files import atomic_dir, dumps_json, read_json, to_jsonable
+from ..params import validate_params
 from ..store import check_embeddings
 
 __all__ = ["Translator", "register", "load_translator", "TRANSLATORS", "make_translator"]
@@ -35,6 +38,10 @@ class Translator:
 
     kind = "base"
 
+    #: parameter name -> list of accepted constraints (see :mod:`bridge.params`); checked
+    #: by :meth:`fit` and :func:`make_translator`
+    _parameter_constraints: dict = {}
+
     # -- sklearn-style parameters -------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -44,6 +51,20 @@ class Translator:
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in self._param_names()}
 
+    @classmethod
+    def _validate_param_values(cls, params: dict) -> None:
+        """Raise :class:`~bridge.errors.InvalidParameter` naming the first unknown parameter
+        or the first value outside its declared constraints."""
+        names = cls._param_names()
+        bad = [k for k in params if k not in names]
+        if bad:
+            raise InvalidParameter(
+                f"{cls.__name__} has no parameter {bad[0]!r}; expected one of {names}")
+        validate_params(cls._parameter_constraints, params, owner=cls.__name__, unknown=False)
+
+    def _validate_params(self) -> None:
+        self._validate_param_values(self.get_params())
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
@@ -52,6 +73,7 @@ class Translator:
     def fit(self, X, Y, X_val=None, Y_val=None, labels=None, labels_val=None):
         """Fit on paired rows; ``labels`` marks rows that share a target (optional)."""
         t0 = time.perf_counter()
+        self._validate_params()
         X, Y = self._check_pair(X, Y, "X", "Y")
         if X_val is not None:
             X_val, Y_val = self._check_pair(X_val, Y_val, "X_val", "Y_val")
@@ -130,15 +152,20 @@ class Translator:
     def _extra_config(self) -> dict:
         return {}
 
-    def save(self, path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into folder ``path`` atomically."""
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into folder ``path`` atomically.
+
+        An existing translator folder is replaced (see :class:`bridge.files.atomic_dir`);
+        any other non-empty folder is refused with
+        :class:`~bridge.errors.FolderExists` unless ``overwrite=True``.
+        """
         from safetensors.numpy import save
 
         path = Path(path)
         tensors = {k: np.ascontiguousarray(v) for k, v in self._get_state().items()}
         blob = save(tensors)
         cfg = self.config()
-        with atomic_dir(path, kind="translator") as tmp:
+        with atomic_dir(path, kind="translator", overwrite=overwrite) as tmp:
             (tmp / "model.safetensors").write_bytes(blob)
             (tmp / "config.json").write_text(dumps_json(cfg))
         return path
@@ -149,15 +176,14 @@ def make_translator(kind: str | Translator, **params) -> Translator:
     ``"relative"``) and hyper-parameters, or an unfitted instance cloned."""
     _ensure_registered()
     if isinstance(kind, Translator):
-        return type(kind)(**{**kind.get_params(), **params})
-    if kind not in TRANSLATORS:
-        raise ValueError(f"unknown translator {kind!r}; expected one of {sorted(TRANSLATORS)}")
-    cls = TRANSLATORS[kind]
-    bad = [k for k in params if k not in cls._param_names()]
-    if bad:
-        raise TypeError(
-            f"{cls.__name__} has no parameter {bad[0]!r}; expected one of {cls._param_names()}"
-        )
+        cls = type(kind)
+        params = {**kind.get_params(), **params}
+    else:
+        if not isinstance(kind, str) or kind not in TRANSLATORS:
+            raise InvalidParameter(
+                f"unknown translator {kind!r}; expected one of {sorted(TRANSLATORS)}")
+        cls = TRANSLATORS[kind]
+    cls._validate_param_values(params)
     return cls(**params)
 
 
@@ -166,30 +192,185 @@ def _ensure_registered():
 
 
 def load_translator(path) -> Translator:
-    """Read a translator saved by :meth:`Translator.save`; never unpickles."""
+    """Read a translator saved by :meth:`Translator.save`; never unpickles.
+
+    Everything is checked at load time, so that a damaged or hostile folder fails here
+    and never later at translate time: ``config.json`` fields (kind, params, in_dim,
+    out_dim, fit_report, extra) must have their types and the parameters must be valid
+    for the kind; every tensor of ``model.safetensors`` must have the shape the config
+    implies for that kind (no tensor missing, none extra) and hold finite values; the
+    restored translator must map a probe row of ``in_dim`` to ``out_dim`` finite values.
+    Any failure raises :class:`~bridge.errors.CorruptFile` naming the file and field.
+    """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from ..files import recover
+
     _ensure_registered()
     path = Path(path)
+    recover(path)
     cfg_path, w_path = path / "config.json", path / "model.safetensors"
     for p in (cfg_path, w_path):
         if not p.exists():
             raise CorruptFile(f"translator file missing: {p}")
     cfg = read_json(cfg_path, "translator config")
-    kind = cfg.get("kind")
-    if kind not in TRANSLATORS:
-        raise CorruptFile(f"{cfg_path}: unknown translator kind {kind!r}; expected one of {sorted(TRANSLATORS)}")
+    _check_config(cfg, f"{cfg_path}")
     try:
         tensors = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CorruptFile(f"{w_path} is not a readable safetensors file: {e}") from e
-    obj = TRANSLATORS[kind](**cfg.get("params", {}))
+    _check_tensors(tensors, cfg, f"{w_path}")
+    obj = _restore(cfg, tensors)
+    kind = cfg["kind"]
+    try:
+        y = obj.transform(np.ones((2, obj.in_dim_), np.float32))
+    except (ValueError, RuntimeError, IndexError, KeyError) as e:
+        raise CorruptFile(f"{w_path}: the {kind!r} weights do not translate a row of "
+                          f"dimension {obj.in_dim_}: {e}") from e
+    y = np.asarray(y)
+    if y.shape != (2, obj.out_dim_) or not np.isfinite(y).all():
+        raise CorruptFile(f"{w_path}: the {kind!r} weights map a row of dimension "
+                          f"{obj.in_dim_} to shape {y.shape[1:]} (finite: "
+                          f"{bool(np.isfinite(y).all())}); config.json says out_dim "
+                          f"{obj.out_dim_}")
+    return obj
+
+
+def _restore(cfg: dict, tensors: dict) -> Translator:
+    obj = TRANSLATORS[cfg["kind"]](**cfg.get("params", {}))
     obj.in_dim_ = int(cfg["in_dim"])
     obj.out_dim_ = int(cfg["out_dim"])
     obj.fit_report_ = cfg.get("fit_report", {})
-    try:
-        obj._set_state(tensors, cfg)
-    except KeyError as e:
-        raise CorruptFile(f"{w_path} lacks tensor {e}; the file does not match {kind!r}") from e
+    obj._set_state(tensors, cfg)
     return obj
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_config(cfg, where: str) -> None:
+    """Types and values of a translator ``config.json`` (``where`` names the file and,
+    for a nested config, the field holding it)."""
+    from ..errors import BridgeError
+
+    def fail(field, msg):
+        raise CorruptFile(f"{where}: {field}: {msg}")
+
+    if not isinstance(cfg, dict):
+        raise CorruptFile(f"{where}: expected a JSON object, got {type(cfg).__name__}")
+    kind = cfg.get("kind")
+    if not isinstance(kind, str) or kind not in TRANSLATORS or kind == "base":
+        fail("kind", f"unknown translator kind {kind!r}; expected one of {sorted(TRANSLATORS)}")
+    for k in ("in_dim", "out_dim"):
+        v = cfg.get(k)
+        if not _is_int(v) or v < 1:
+            fail(k, f"expected a positive integer, got {v!r:.40}")
+    for k in ("params", "fit_report", "extra"):
+        if k in cfg and not isinstance(cfg[k], dict):
+            fail(k, f"expected an object, got {type(cfg[k]).__name__} {cfg[k]!r:.40}")
+    params = cfg.get("params", {})
+    cls = TRANSLATORS[kind]
+    try:
+        cls._validate_param_values(dict(params)) if hasattr(cls, "_validate_param_values") else None
+        cls(**params)
+    except BridgeError as e:
+        fail("params", str(e))
+    except TypeError as e:  # a parameter name the class does not take
+        fail("params", f"{e}; expected parameters {cls._param_names()}")
+    if kind == "posthoc":
+        extra = cfg.get("extra", {})
+        if not isinstance(extra.get("base"), dict):
+            fail("extra.base", "expected the base translator's config (an object)")
+        base = extra["base"]
+        _check_config(base, f"{where}: extra.base")
+        if base["kind"] == "posthoc":
+            fail("extra.base.kind", "a post-hoc translator's base cannot itself be post-hoc")
+        if base["in_dim"] != cfg["in_dim"] or base["out_dim"] != cfg["out_dim"]:
+            fail("extra.base", f"base dimensions ({base['in_dim']}, {base['out_dim']}) differ "
+                               f"from in_dim, out_dim ({cfg['in_dim']}, {cfg['out_dim']})")
+
+
+def _expected_shapes(cfg: dict) -> dict[str, tuple] | None:
+    """Tensor name -> shape that a translator of ``cfg`` stores; None when unknown.
+
+    A shape entry ``None`` stands for any length (the number of anchors); an optional
+    tensor is marked by a name ending in ``?``.
+    """
+    kind, i, o = cfg["kind"], cfg["in_dim"], cfg["out_dim"]
+    if kind == "linear":
+        return {"W": (i, o), "b": (o,)}
+    if kind == "procrustes":
+        return {"R": (i, o), "mx": (i,), "my": (o,), "s": (1,)}
+    if kind == "identity":
+        return {"dim": (1,)}
+    if kind == "relative":
+        return {"anchors_x": (None, i), "anchors_y": (None, o), "k": (1,), "power": (1,)}
+    if kind == "mlp":
+        net = _restore_net(cfg)
+        return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    if kind == "posthoc":
+        base = cfg["extra"]["base"]
+        out = {f"base.{k}": v for k, v in (_expected_shapes(base) or {}).items()}
+        out.update({"shift": (o,), "R?": (o, o), "mx?": (o,), "my?": (o,), "s?": (1,)})
+        return out
+    return None
+
+
+def _restore_net(cfg):
+    obj = TRANSLATORS["mlp"](**cfg.get("params", {}))
+    return obj.build(cfg["in_dim"], cfg["out_dim"])
+
+
+def _check_tensors(tensors: dict, cfg: dict, where: str) -> None:
+    """Names, shapes and finiteness of the tensors of ``model.safetensors``."""
+    def fail(name, msg):
+        raise CorruptFile(f"{where}: tensor {name!r}: {msg} (config.json: kind "
+                          f"{cfg['kind']!r}, in_dim {cfg['in_dim']}, out_dim {cfg['out_dim']})")
+
+    for name, t in tensors.items():
+        if t.dtype.kind == "f" and not np.isfinite(t).all():
+            fail(name, f"holds {int((~np.isfinite(t)).sum())} NaN or inf value(s)")
+        if t.dtype.kind not in "fiu":
+            fail(name, f"has dtype {t.dtype}; expected numbers")
+    shapes = _expected_shapes(cfg)
+    if shapes is None:  # a kind registered elsewhere: its _set_state and the probe decide
+        return
+    required = {k: v for k, v in shapes.items() if not k.endswith("?")}
+    optional = {k[:-1]: v for k, v in shapes.items() if k.endswith("?")}
+    for name in required:
+        if name not in tensors:
+            fail(name, "missing")
+    extra = sorted(set(tensors) - set(required) - set(optional))
+    if extra:
+        fail(extra[0], f"unexpected; a {cfg['kind']!r} translator stores {sorted(required)}")
+    if cfg["kind"] == "posthoc":
+        got = [k for k in optional if k in tensors]
+        if got and len(got) != len(optional):
+            fail(sorted(set(optional) - set(got))[0], f"missing (post-hoc rotation stores "
+                                                      f"{sorted(optional)} together)")
+    n_anchor = None
+    for name, want in {**required, **optional}.items():
+        if name not in tensors:
+            continue
+        got = tuple(tensors[name].shape)
+        ok = len(got) == len(want) and all(w is None or g == w for g, w in zip(got, want))
+        if not ok:
+            shown = tuple("n" if w is None else w for w in want)
+            fail(name, f"has shape {got}, expected {shown}")
+        if None in want:
+            if n_anchor is not None and got[0] != n_anchor:
+                fail(name, f"has {got[0]} rows, other anchors {n_anchor}")
+            n_anchor = got[0]
+    kind = cfg["kind"]
+    if kind == "identity":
+        if int(tensors["dim"][0]) != cfg["in_dim"] or cfg["in_dim"] != cfg["out_dim"]:
+            fail("dim", f"holds {int(tensors['dim'][0])}; an identity edge needs in_dim == "
+                        f"out_dim == dim")
+    if kind == "relative":
+        if n_anchor == 0:
+            fail("anchors_x", "has no rows; expected at least one anchor")
+        k = tensors["k"]
+        if k.dtype.kind not in "iu" or int(k[0]) < 1:
+            fail("k", f"holds {k[0]!r} ({k.dtype}); expected a positive integer")

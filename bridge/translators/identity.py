@@ -22,6 +22,8 @@ class IdentityTranslator(Translator):
 
     kind = "identity"
 
+    _parameter_constraints: dict = {}
+
     def __init__(self):
         pass
 

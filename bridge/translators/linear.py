@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
+from ..errors import InvalidParameter
 from ..metrics import paired_retrieval
+from ..params import Interval, Options
 from .base import Translator, register
 from .functional import affine_apply, ridge_fit
 
@@ -30,6 +34,11 @@ class LinearTranslator(Translator):
 
     kind = "linear"
 
+    _parameter_constraints = {
+        "alpha": [Interval(Real, 0, None, closed="left"), Options({"auto"})],
+        "fit_intercept": [bool],
+    }
+
     def __init__(self, alpha: float | str = 1.0, fit_intercept: bool = True):
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -41,6 +50,10 @@ class LinearTranslator(Translator):
             if X_val is None:
                 alpha = 1.0
             else:
+                grid = np.asarray(ALPHA_GRID, dtype=float)
+                if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all() or (grid < 0).any():
+                    raise InvalidParameter(
+                        f"ALPHA_GRID must hold finite non-negative penalties, got {ALPHA_GRID!r}")
                 scores = []
                 for a in ALPHA_GRID:
                     W, b = ridge_fit(X, Y, a, self.fit_intercept)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InvalidParameter
+from ..params import Interval, Options, Satisfies
 from .base import Translator, register
 from .functional import procrustes_fit, ridge_fit
 
@@ -51,6 +55,28 @@ class MLPNet(nn.Module):
         return out + self.skip(x) if self.skip is not None else out
 
 
+def _loss_error(spec):
+    from ..losses import parse_loss
+
+    if isinstance(spec, nn.Module):
+        return None
+    try:
+        parse_loss(spec)
+    except InvalidParameter as e:
+        return str(e)
+    return None
+
+
+def _device_error(device):
+    if device == "auto":
+        return None
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        return f"not a torch device: {e}"
+    return None
+
+
 @register
 class MLPTranslator(Translator):
     """A translator network trained by minibatch AdamW with early stopping.
@@ -69,10 +95,34 @@ class MLPTranslator(Translator):
         ``"infonce"``, ``"mse"``, ``"cosine"`` or a weighted sum such as ``"infonce+mse"``.
     alpha : ridge penalty for ``init="lstsq"``.
     epochs, batch_size, lr, weight_decay, patience, temperature, seed, device, progress
-        Training options (see :func:`bridge.training.train`).
+        Training options (see :func:`bridge.training.train`). ``epochs=0`` keeps the
+        closed-form start of ``init`` (refused with ``init=None``); ``batch_size`` is at
+        least 2 (a contrastive batch needs negatives).
     """
 
     kind = "mlp"
+
+    _parameter_constraints = {
+        "width": [Interval(Integral, 1, None)],
+        "depth": [Interval(Integral, 1, None)],
+        "residual": [bool],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "layer_norm": [bool],
+        "init": [Options({"lstsq", "procrustes"}), None],
+        "loss": [Satisfies(_loss_error, "a loss such as 'infonce', 'mse', 'cosine', "
+                                        "'infonce+0.5*mse' or a dict of weights")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "epochs": [Interval(Integral, 0, None)],
+        "batch_size": [Interval(Integral, 2, None)],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "patience": [Interval(Integral, 1, None)],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "seed": [Interval(Integral, 0, 2**63 - 1)],
+        "device": [Satisfies(_device_error, "'auto', a torch device name such as 'cpu' or "
+                                            "'cuda'"), None],
+        "progress": [bool],
+    }
 
     def __init__(self, width: int = 1024, depth: int = 2, residual: bool = True,
                  dropout: float = 0.1, layer_norm: bool = True, init: str | None = "lstsq",
@@ -98,6 +148,15 @@ class MLPTranslator(Translator):
         self.device = device
         self.progress = progress
 
+    @classmethod
+    def _validate_param_values(cls, params: dict) -> None:
+        super()._validate_param_values(params)
+        if params.get("epochs", 1) == 0 and params.get("init", "lstsq") is None:
+            raise InvalidParameter(
+                "MLPTranslator: parameter 'epochs' must be at least 1 with init=None (a random "
+                "network trained for 0 epochs), got 0; epochs=0 keeps the closed-form start "
+                "of init='lstsq' or 'procrustes'")
+
     def build(self, in_dim: int, out_dim: int) -> MLPNet:
         """A fresh (untrained) network of this translator's architecture."""
         torch.manual_seed(self.seed)
@@ -106,8 +165,7 @@ class MLPTranslator(Translator):
 
     def init_network(self, X, Y) -> MLPNet:
         """Build the network and set its linear path from the closed-form solution."""
-        if self.init not in (None, "lstsq", "procrustes"):
-            raise ValueError(f"init must be 'lstsq', 'procrustes' or None, got {self.init!r}")
+        self._validate_params()
         net = self.build(X.shape[1], Y.shape[1])
         if self.init is not None:
             if self.init == "lstsq":

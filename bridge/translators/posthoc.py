@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidParameter
+from ..params import Satisfies
 from .base import TRANSLATORS, Translator, register
 from .functional import affine_apply, procrustes_fit
 
@@ -27,12 +29,27 @@ POST_STEPS = ("center", "procrustes")
 def parse_post(post) -> tuple[str, ...]:
     if post in (None, "", "none"):
         return ()
-    steps = tuple(post.split("+")) if isinstance(post, str) else tuple(post)
+    if isinstance(post, str):
+        steps = tuple(post.split("+"))
+    elif isinstance(post, (list, tuple)):
+        steps = tuple(post)
+    else:
+        raise InvalidParameter(f"post must be a string such as 'center+procrustes', got {post!r}")
     bad = [s for s in steps if s not in POST_STEPS]
     if bad:
-        raise ValueError(f"unknown post-hoc step {bad[0]!r}; expected 'center', 'procrustes' "
-                         "or 'center+procrustes'")
+        raise InvalidParameter(f"unknown post-hoc step {bad[0]!r}; expected 'center', "
+                               "'procrustes' or 'center+procrustes'")
+    if len(set(steps)) != len(steps):
+        raise InvalidParameter(f"post-hoc step repeated in {post!r}; each step applies once")
     return steps
+
+
+def _post_error(v):
+    try:
+        parse_post(v)
+    except InvalidParameter as e:
+        return str(e)
+    return None
 
 
 @register
@@ -40,6 +57,11 @@ class PostHocTranslator(Translator):
     """``steps`` applied to the outputs of a fitted ``base`` translator."""
 
     kind = "posthoc"
+
+    _parameter_constraints = {
+        "steps": [Satisfies(_post_error, "'center', 'procrustes' or 'center+procrustes'")],
+        "base": [Translator, None],
+    }
 
     def __init__(self, base: Translator | None = None, steps: str = "center"):
         self.base = base
@@ -50,7 +72,8 @@ class PostHocTranslator(Translator):
 
     def _fit(self, X, Y, X_val, Y_val, labels, labels_val):
         if self.base is None or not self.base.is_fitted:
-            raise ValueError("PostHocTranslator needs a fitted base translator")
+            raise InvalidParameter("PostHocTranslator needs a fitted base translator, got "
+                                   f"{self.base!r}")
         P = self.base.transform(X)
         self.shift_ = np.zeros(P.shape[1], np.float32)
         self.R_ = None

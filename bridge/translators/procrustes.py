@@ -29,6 +29,8 @@ class ProcrustesTranslator(Translator):
 
     kind = "procrustes"
 
+    _parameter_constraints = {"center": [bool], "scale": [bool]}
+
     def __init__(self, center: bool = True, scale: bool = True):
         self.center = center
         self.scale = scale

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 
+from ..params import Interval, Options
 from .base import Translator, register
 from ..retrieval import l2_normalize
 from .functional import relative_weights
@@ -23,6 +26,13 @@ class RelativeTranslator(Translator):
     """
 
     kind = "relative"
+
+    _parameter_constraints = {
+        "n_anchors": [Interval(Integral, 1, None), None],
+        "k": [Interval(Integral, 1, None), Options({"auto"})],
+        "power": [Interval(Real, 0, None, closed="neither"), Options({"auto"})],
+        "seed": [Interval(Integral, 0, 2**32 - 1)],
+    }
 
     def __init__(self, n_anchors: int | None = None, k: int | str = "auto",
                  power: float | str = "auto", seed: int = 0):
