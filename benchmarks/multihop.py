@@ -245,7 +245,8 @@ def run_walks(graph, caches) -> dict:
 
 def run_grid(graph, caches) -> dict:
     """Every ordered pair through the planned route, with the R@1 the planner predicts
-    (``exp(-cost)``) and, where the planner detours around an existing direct edge, that
+    (``exp(-cost)``: the product of the edges' lower confidence bounds of val R@1, less the
+    per-hop charge) and, where the planner detours around an existing direct edge, that
     edge's own test R@1."""
     out = {}
     for s in NODES:

@@ -334,6 +334,9 @@ def _graph_build(args) -> int:
 
     spec = load_spec(args.spec)
     out = args.out or spec["graph"].get("out") or str(Path("graphs") / Path(args.spec).stem)
+    from .files import check_replace
+
+    check_replace(out, "graph", getattr(args, "overwrite", False))  # before anything trains
     graph = build_graph_from_spec(spec, progress=True)
     graph.save(out, overwrite=args.overwrite)
     print(f"saved graph with {len(graph.nodes)} nodes and {len(graph.edges)} edges to {out}")

@@ -268,7 +268,8 @@ def _html(report: dict) -> str:
         return f"<table><tr>{head}</tr>{body}</table>"
 
     edges = [{"edge": f"{e['src']} → {e['dst']}", "kind": e["kind"], "cost": e["cost"],
-              **{k: e["metrics"].get(k) for k in ("val_R@1", "test_R@1", "test_cos", "n_train", "n_test")}}
+              **{k: e["metrics"].get(k) for k in ("val_R@1", "val_R@1_lcb", "n_val", "test_R@1", "test_cos", "n_train",
+                                               "n_test")}}
              for e in report["graph"]["edges"]]
     routes = [{"route": " → ".join(r["k_best"][0]["nodes"]), "predicted cost": r["k_best"][0]["cost"],
                **{k: r["metrics"].get(k) for k in ("R@1", "R@5", "R@10", "MRR", "mAP", "n_queries")}}
@@ -289,7 +290,8 @@ img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <h1>modality-bridge demo report</h1>
 <p>Seed {report['seed']}{' (quick run)' if report['quick'] else ''}; {len(report['graph']['nodes'])} nodes,
 {len(report['graph']['edges'])} edges; ran in {report.get('seconds', 0):.1f} s. All figures are on held-out
-(test) pairs; edge costs come from validation R@1.</p>
+(test) pairs; edge costs come from validation R@1, through its 95% lower confidence bound at the number
+of validation pairs (<code>val_R@1_lcb</code>), so an edge scored on few pairs costs more.</p>
 <h2>Edges</h2>{table(edges, list(edges[0]))}
 <h2>Planned routes and retrieval</h2>{table(routes, list(routes[0]))}
 <h2>Composed route against the direct edge</h2>{table(comp, list(comp[0]))}

@@ -9,7 +9,8 @@ per-route cosine scores ``S_r = Q[r] . G[r]`` are fused:
   scores is ``q . mean(G)`` and the second moment is ``q^T (G^T G / n) q``.
 - ``"weighted"``: ``sum_r w_r (S_r - mean_r) / std_r`` with weights ``w`` (see
   :func:`fit_route_weights`, which fits them on validation pairs).
-- ``"rrf"``: reciprocal-rank fusion ``sum_r 1 / (rrf_k + rank_r)``.
+- ``"rrf"``: reciprocal-rank fusion ``sum_r 1 / (rrf_k + rank_r)``, where rows of equal
+  score share the worst of their ranks (ties count against, as everywhere).
 
 Two ways to compute it: dense (every query against every gallery row; exact) and
 candidate search (:func:`fused_search`: each route's Faiss index returns its top
@@ -33,6 +34,7 @@ from .errors import BridgeError, DimensionMismatch, EmptyData, InvalidParameter
 from .retrieval import (
     ENGINE_CELLS,
     _check_index_options,
+    _keys,
     _metrics_from_csr,
     _rank_engine,
     _relevance_csr,
@@ -95,8 +97,11 @@ def _weights(method, weights, n):
         if weights is None:
             raise BridgeError("method='weighted' needs per-route weights "
                               "(fit them with fit_route_weights)")
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (n,) or not np.all(np.isfinite(w)):
+        try:
+            w = np.asarray(weights, dtype=np.float64)
+        except (TypeError, ValueError):
+            w = None
+        if w is None or w.shape != (n,) or not np.all(np.isfinite(w)):
             raise DimensionMismatch(f"expected {n} finite route weights, got {weights!r}")
         return w
     return np.ones(n)
@@ -133,14 +138,21 @@ def _dense_block(Qb, Gn, moments, method, w):
     for r, (q, g) in enumerate(zip(Qb, Gn)):
         S = (q @ g.T).astype(np.float64)
         if method == "rrf":
-            order = np.argsort(-S, axis=1, kind="stable")
-            ranks = np.empty_like(order)
-            np.put_along_axis(ranks, order, np.arange(1, S.shape[1] + 1)[None, :], axis=1)
-            F += 1.0 / (RRF_K + ranks)
+            F += 1.0 / (RRF_K + _competition_ranks((q @ g.T).astype(np.float32)))
         else:
             mean, sd = moments[r](q)
             F += w[r] * (S - mean[:, None]) / sd[:, None]
     return F
+
+
+def _competition_ranks(S: np.ndarray) -> np.ndarray:
+    """Rank of every entry within its row, best first, ties pessimistic: the number of
+    entries of the row scoring at least as high (equal scores share the worst rank)."""
+    b, n = S.shape
+    rows = np.repeat(np.arange(b), n)
+    srt = np.sort(S, axis=1).reshape(-1)
+    below = np.searchsorted(_keys(rows, srt), _keys(rows, S.reshape(-1)), side="left")
+    return (n - (below - rows * n)).reshape(b, n)
 
 
 def fuse_scores(Q, G, method: str = "zscore", weights=None) -> np.ndarray:
@@ -157,7 +169,8 @@ def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
 
     Each route's Faiss index (``kind``: flat, hnsw or ivf) returns its top ``candidates``
     rows; the union is re-scored exactly in every route and fused. Returns
-    ``(scores, rows)``, best first (``rows`` is ``-1`` where fewer than ``k`` were found).
+    ``(scores, rows)``, best first, ``min(k, n_gallery)`` columns (``rows`` is ``-1`` where
+    fewer were found).
     """
     k = _check_k(k)
     candidates = _check_k(candidates, "candidates")
@@ -166,6 +179,7 @@ def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
     Qn, Gn = _normalised(*_views(Q, G))
     w = _weights(method, weights, len(Qn))
     ng = Gn[0].shape[0]
+    k = min(k, ng)  # more rows than the gallery holds: all of them (as search() does)
     c = int(min(candidates, ng))
     tops = []
     for q, g in zip(Qn, Gn):
@@ -224,9 +238,9 @@ def fused_metrics(Q, G, relevant=None, method: str = "zscore", weights=None, ks=
     if candidates is None:  # rrf: every route's full rank of every gallery row
         ranks = _rrf_ranks(Qn, Gn, rel, block)
     else:
-        _, rows = fused_search(Qn, Gn, k=int(candidates) * len(Qn), method=method, weights=w,
-                               candidates=candidates, **index_opts)
-        ranks = _ranks_from_lists(rows, rel)
+        scores, rows = fused_search(Qn, Gn, k=int(candidates) * len(Qn), method=method,
+                                    weights=w, candidates=candidates, **index_opts)
+        ranks = _ranks_from_lists(rows, rel, scores)
     m = metrics_from_ranks(ranks, ks)
     m.update({"n_gallery": int(ng), "method": method, "routes": len(Qn),
               "candidates": candidates})
@@ -246,6 +260,9 @@ def _fused_ranks(Qs, Gs, indptr, rows, w, moments, block: int) -> np.ndarray:
     nq, ng = qs[0][0], gs[0][0]
     dim = sum(g[1] for g in gs)
     plain = len(Qs) == 1 and w[0] > 0  # a positive scale changes no ranking
+    top = float(np.max(np.abs(w)))
+    if top > 0:  # nor does a common one: keep the float32 products in range
+        w = np.asarray(w, dtype=np.float64) / top
 
     def qblock(s, e):
         parts = []
@@ -284,12 +301,8 @@ def _rrf_ranks(Qs, Gs, rel, block: int) -> list[np.ndarray]:
             for g0 in range(0, ng, step):
                 g1 = min(ng, g0 + step)
                 S[:, g0:g1] = q @ gsrc[2](g0, g1).T
-            order = np.argsort(-S, axis=1, kind="stable")
+            F += 1.0 / (RRF_K + _competition_ranks(S))
             del S
-            ranks = np.empty_like(order)
-            np.put_along_axis(ranks, order, np.arange(1, ng + 1)[None, :], axis=1)
-            del order
-            F += 1.0 / (RRF_K + ranks)
         out.extend(_ranks_dense(F[i], rel[s + i]) for i in range(F.shape[0]))
     return out
 

@@ -30,6 +30,7 @@ from .errors import (
     CorruptFile,
     DimensionMismatch,
     DuplicateNode,
+    EmptyData,
     InvalidParameter,
     NoPairs,
     SmallSampleWarning,
@@ -566,7 +567,9 @@ class ModalityGraph:
             if not self.G.has_edge(u, v):
                 raise BridgeError(f"walk step {u!r} -> {v!r} has no edge; use route() to plan one")
         c0 = self.cache(nodes[0])
-        rows = self.test_rows(nodes[0]) if rows is None else np.asarray(rows)
+        rows = self.test_rows(nodes[0]) if rows is None else _check_rows(rows, len(c0), nodes[0])
+        if rows.size == 0:
+            raise EmptyData(f"walk from {nodes[0]!r}: no rows to run (its test split is empty)")
         ids = c0.ids[rows]
         x0 = c0.vectors(rows)
         out = x0
@@ -621,6 +624,21 @@ class ModalityGraph:
         from .graph_io import save_graph
 
         return save_graph(self, path, caches=caches, overwrite=overwrite)
+
+
+def _check_rows(rows, n: int, node: str) -> np.ndarray:
+    """``rows`` as a non-empty 1-D int array of row numbers of a node with ``n`` rows."""
+    r = np.asarray(rows)
+    if r.size == 0:
+        raise EmptyData(f"rows of {node!r}: no row numbers given (shape {r.shape})")
+    if r.ndim != 1:
+        raise InvalidParameter(f"rows of {node!r} must be a 1-D list of row numbers, got shape {r.shape}")
+    if r.dtype == bool or not np.issubdtype(r.dtype, np.integer):
+        raise InvalidParameter(f"rows of {node!r} must be integer row numbers, got dtype {r.dtype}")
+    bad = r[(r < 0) | (r >= n)]
+    if bad.size:
+        raise InvalidParameter(f"rows of {node!r}: row {int(bad[0])} is outside 0..{n - 1}")
+    return r.astype(np.int64, copy=False)
 
 
 def _node_attrs(d: dict) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import DimensionMismatch, InvalidParameter
-from .retrieval import l2_normalize, ranks_of_relevant
+from .retrieval import l2_normalize, top1_hits
 from .store import check_embeddings
 
 __all__ = ["row_cosine", "reconstruction_loss", "paired_retrieval", "rows_by_label"]
@@ -39,7 +39,11 @@ def rows_by_label(labels) -> list[np.ndarray]:
     lab = np.asarray(labels)
     if lab.ndim != 1:
         raise InvalidParameter(f"labels must be one label per row (1-D), got shape {lab.shape}")
-    _, inv = np.unique(lab, return_inverse=True)
+    try:
+        _, inv = np.unique(lab, return_inverse=True)
+    except TypeError as e:
+        raise InvalidParameter(f"labels must be mutually comparable (all numbers or all "
+                               f"strings), got dtype {lab.dtype}: {e}") from None
     inv = inv.reshape(-1)
     order = np.argsort(inv, kind="stable")
     bounds = np.flatnonzero(np.diff(inv[order])) + 1
@@ -54,7 +58,8 @@ def paired_retrieval(pred, target, labels=None, block: int = 1024) -> dict[str, 
     is row i; with ``labels`` (rows that share a target, such as the captions of one image
     or the clips of one class, share a label) the right rows of query i are all gallery
     rows carrying its label. R@1 is the share of queries whose first right row has rank 1
-    in :func:`bridge.retrieval.ranks_of_relevant`, the package's one rank counter: ties
+    as :func:`bridge.retrieval.ranks_of_relevant` counts ranks (computed by its label
+    form, :func:`bridge.retrieval.top1_hits`): ties
     count against the query, so a wrong gallery row scoring exactly as high as the right
     one (a duplicate under another label) makes it a miss. ``block`` queries are
     scored at a time. Returns ``R@1``, ``cos`` (mean
@@ -65,15 +70,19 @@ def paired_retrieval(pred, target, labels=None, block: int = 1024) -> dict[str, 
     if pred.shape[0] != target.shape[0]:
         raise DimensionMismatch(f"pred has {pred.shape[0]} rows but target has {target.shape[0]}")
     if labels is None:
-        relevant = None
+        lab = np.arange(pred.shape[0])
     else:
-        if len(labels) != pred.shape[0]:
-            raise DimensionMismatch(f"labels has {len(labels)} entries; expected one per row "
-                                    f"of pred ({pred.shape[0]})")
-        relevant = rows_by_label(labels)
+        lab = np.asarray(labels)
+        if lab.ndim != 1 or lab.shape[0] != pred.shape[0]:
+            raise DimensionMismatch(f"labels has shape {lab.shape}; expected one label per row "
+                                    f"of pred ({pred.shape[0]},)")
+        try:
+            lab = np.unique(lab, return_inverse=True)[1].reshape(-1)
+        except TypeError as e:
+            raise InvalidParameter(f"labels must be mutually comparable (all numbers or all "
+                                   f"strings), got dtype {lab.dtype}: {e}") from None
     p = l2_normalize(pred, check=False)
     g = l2_normalize(target, check=False)
-    ranks = ranks_of_relevant(p, g, relevant, block=block, normalized=True)
-    hits = sum(int(r[0] <= 1) for r in ranks)
+    hits = int(top1_hits(p, g, lab, lab, normalized=True).sum())
     cos = (p * g).sum(1)
     return {"R@1": hits / p.shape[0], "cos": float(cos.mean()), "n": int(p.shape[0])}

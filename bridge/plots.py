@@ -131,7 +131,7 @@ def _normalise_pairs(pairs, arrays: dict[str, np.ndarray]) -> list[tuple[str, st
         for nm, r in ((na, ra), (nb, rb)):
             n = arrays[nm].shape[0]
             if r.size and (r.min() < -n or r.max() >= n):
-                raise IndexError(f"pairs: row index out of range for {nm!r} with {n} rows")
+                raise DimensionMismatch(f"pairs: row index out of range for {nm!r} with {n} rows")
             r %= n
         out.append((na, nb, ra, rb))
     return out

@@ -307,7 +307,7 @@ def _rank_engine(qblock, gblock, grows, n_q: int, n_g: int, dim: int, indptr, ro
     out = np.empty(rows.shape[0], dtype=np.int64)
     many = n_q > 0 and int(np.diff(indptr).max()) > DIRECT_MAX_RELEVANT
     if many:  # full score rows of a few queries at a time
-        q_block = max(1, min(q_block, ENGINE_CELLS // max(n_g, 1)))
+        q_block = max(1, min(q_block, 2 * ENGINE_CELLS // max(n_g, 1)))
     for s in range(0, n_q, q_block):
         e = min(n_q, s + q_block)
         b = e - s
@@ -349,6 +349,12 @@ def _max_norm(X: np.ndarray) -> float:
     return float(np.sqrt(sq * (1.0 + 4.0 * X.shape[1] * 2.0 ** -24))) + 1e-30
 
 
+def _row_counts(A: np.ndarray) -> np.ndarray:
+    """True entries per row of a boolean matrix (int64)."""
+    dt = np.uint16 if A.shape[1] < 2 ** 16 else np.int64  # narrow sums are much faster
+    return A.view(np.uint8).sum(axis=1, dtype=dt).astype(np.int64)
+
+
 def _count_direct(Q, pq, pg, m, starts, gblock, grows, n_g, dim, gb):
     """Wrong rows scoring >= each right row, for queries with few right rows (float32)."""
     u = dim * 2.0 ** -24
@@ -376,9 +382,9 @@ def _count_direct(Q, pq, pg, m, starts, gblock, grows, n_g, dim, gb):
         HI, LO = _f32_up(E + delta[:, None]), _f32_down(E - delta[:, None])
         for t in range(mmax):
             A = S > HI[:, t:t + 1]
-            above_t = np.count_nonzero(A, axis=1)
+            above_t = _row_counts(A)
             B = S >= LO[:, t:t + 1]
-            near = np.flatnonzero(np.count_nonzero(B, axis=1) > above_t)
+            near = np.flatnonzero(_row_counts(B) > above_t)
             if near.size:  # scores within the rounding bound: recompute them exactly
                 ii, jj = np.nonzero(B[near] & ~A[near])
                 ii = near[ii]
@@ -501,6 +507,54 @@ def ranks_of_relevant(queries, gallery, relevant=None, block: int = 1024,
     return np.split(ranks, indptr[1:-1])
 
 
+def top1_hits(queries, gallery, q_labels, g_labels, normalized: bool = False) -> np.ndarray:
+    """Whether each query's first right row has rank 1: R@1 per query, exactly as
+    :func:`ranks_of_relevant` counts it, for relevance given by labels.
+
+    Gallery row j is right for query i when ``g_labels[j] == q_labels[i]``. Query i is a
+    hit when its best right row scores strictly above every wrong row (ties count
+    against). Scores come from float32 products over blocks of queries; a query whose
+    best right and best wrong scores lie within the product's rounding bound is decided
+    on exact float64 scores of the rows concerned (:func:`_pair_dots`), so duplicates of a
+    right row under another label always tie. Memory is bounded by the block size.
+    """
+    nq, dq, qblock, qrows = _source(queries, "queries", normalized)
+    ng, dg, gblock, grows = _source(gallery, "gallery", normalized)
+    if dq != dg:
+        raise DimensionMismatch(f"queries have dimension {dq} but the gallery has "
+                                f"dimension {dg}")
+    ql, gl = np.asarray(q_labels), np.asarray(g_labels)
+    if ql.shape != (nq,) or gl.shape != (ng,):
+        raise DimensionMismatch(f"labels have shapes {ql.shape} and {gl.shape}; expected one "
+                                f"label per query ({nq},) and per gallery row ({ng},)")
+    _, inv = np.unique(np.concatenate([ql, gl]), return_inverse=True)
+    qi, gi = inv[:nq].reshape(-1), inv[nq:].reshape(-1)
+    if nq and not np.isin(qi, gi).all():
+        i = int(np.flatnonzero(~np.isin(qi, gi))[0])
+        raise EmptyData(f"query {i} has no relevant gallery row (label {ql[i]!r})")
+    G = gblock(0, ng)
+    gmax = _max_norm(G)
+    b = max(1, min(1024, ENGINE_CELLS // max(ng, 1)))
+    hits = np.zeros(nq, dtype=bool)
+    for s in range(0, nq, b):
+        e = min(nq, s + b)
+        Q = qblock(s, e)
+        S = Q @ G.T
+        right = qi[s:e, None] == gi[None, :]
+        best_r = np.where(right, S, -np.inf).max(axis=1)
+        best_w = np.where(right, -np.inf, S).max(axis=1)
+        bound = 2.0 * (dq + 2) * 2.0 ** -24 * _row_norms(Q) * gmax + 1e-30
+        hits[s:e] = best_w < best_r - 2 * bound
+        unsure = np.flatnonzero(np.abs(best_w - best_r) <= 2 * bound)
+        for i in unsure:
+            near = np.flatnonzero(S[i] >= best_r[i] - 2 * bound[i])
+            exact = _pair_dots(Q, np.full(near.size, i), G, near)
+            is_r = right[i, near]
+            hits[s + i] = bool(is_r.any()) and (
+                not (~is_r).any() or exact[is_r].max() > exact[~is_r].max())
+    return hits
+
+
 def _metrics_from_csr(indptr: np.ndarray, ranks: np.ndarray, ks) -> dict:
     """:func:`metrics_from_ranks` on ranks in CSR form (no per-query arrays)."""
     n = indptr.shape[0] - 1
@@ -523,14 +577,27 @@ def _metrics_from_csr(indptr: np.ndarray, ranks: np.ndarray, ks) -> dict:
     return out
 
 
-def _ranks_from_lists(rows: np.ndarray, rel: list[np.ndarray]) -> list[np.ndarray]:
-    """Ranks of the right rows within returned top lists; rows not returned rank ``inf``."""
+def _ranks_from_lists(rows: np.ndarray, rel: list[np.ndarray], scores=None) -> list[np.ndarray]:
+    """Ranks of the right rows within returned top lists; rows not returned rank ``inf``.
+
+    With the lists' ``scores``, ties count against the query as in the exact engine: a
+    wrong returned row scoring the same as a right one ranks above it, whatever order the
+    index returned them in. Without scores, the returned order is taken as the ranking.
+    """
     out = []
-    for top, r in zip(rows, rel):
-        pos = {int(x): i + 1 for i, x in enumerate(top) if x >= 0}
-        found = sorted(pos[int(x)] for x in r if int(x) in pos)
+    for i, (top, r) in enumerate(zip(rows, rel)):
+        valid = top >= 0
+        t = top[valid]
+        is_rel = np.isin(t, r)
+        if scores is None:
+            found = np.flatnonzero(is_rel) + 1
+        else:
+            s = np.asarray(scores[i])[valid]
+            rs = np.sort(s[is_rel])[::-1]
+            wrong = np.sort(s[~is_rel])
+            found = wrong.size - np.searchsorted(wrong, rs, side="left") + np.arange(1, rs.size + 1)
         ranks = np.full(r.size, np.inf)
-        ranks[:len(found)] = found
+        ranks[:found.size] = found
         out.append(ranks)
     return out
 
@@ -590,8 +657,8 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
                                 f"dimension {g.shape[1]}")
     rel = as_relevance(relevant, q.shape[0], g.shape[0])
     index = build_index(g, kind, normalized=True, **index_opts)
-    _, rows = search(q, index, k=depth or max(100, max(ks)))
-    ranks = _ranks_from_lists(rows, rel)
+    scores, rows = search(q, index, k=depth or max(100, max(ks)))
+    ranks = _ranks_from_lists(rows, rel, scores)
     m = metrics_from_ranks(ranks, ks)
     m.update({"n_gallery": int(g.shape[0]), "index": kind})
     return m

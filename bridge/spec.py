@@ -45,6 +45,7 @@ before the first edge trains.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 from .errors import BridgeError, CorruptFile, InvalidParameter
@@ -310,6 +311,12 @@ def _precheck_edges(graph, edges) -> None:
             if idx[key].size == 0:
                 raise NoPairs(f"edges[{i}] {a!r} -> {b!r}: the {key} split holds no pairs "
                               f"({len(P)} pairs); more paired groups are needed")
+        sizes = getattr(graph, "_check_split_sizes", None)  # the graph's own minimum sizes
+        if sizes is not None:
+            rule = graph.splits if e.get("splits") is None else e["splits"]
+            with warnings.catch_warnings():  # connect() warns about small splits itself
+                warnings.simplefilter("ignore")
+                sizes(a, b, P, idx, rule)
         if e.get("translator", "mlp") == "identity":
             da, db = graph.node(a)["dim"], graph.node(b)["dim"]
             if da != db:

@@ -22,6 +22,7 @@ save never leaves a half-written cache where a good one was.
 from __future__ import annotations
 
 import json
+import tokenize
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ def _as_str_array(values, name: str, n: int | None = None, what: str = "row") ->
     Refuses a scalar, a 2-D array and nested entries (:class:`DimensionMismatch`), and with
     ``n`` another length than ``n``.
     """
-    if values is None or isinstance(values, (str, bytes, dict)) or not (
+    if values is None or isinstance(values, (str, bytes, dict, set, frozenset)) or not (
             isinstance(values, np.ndarray) or hasattr(values, "__iter__")) or (
             isinstance(values, np.ndarray) and values.ndim == 0):
         raise InvalidParameter(
@@ -382,8 +383,8 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
                     if name in z and z[name].ndim != 1:
                         raise CorruptFile(f"{p}: array {name!r} has shape {z[name].shape}; "
                                           "expected one entry per row (1-D)")
-                ids = z["ids"].tolist() if "ids" in z else None
-                groups = z["groups"].tolist() if "groups" in z else None
+                ids = _npz_strings(z, "ids", p)
+                groups = _npz_strings(z, "groups", p)
         elif p.suffix == ".safetensors":
             from safetensors import SafetensorError
             from safetensors.numpy import load_file
@@ -416,7 +417,8 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
                 f"unknown cache format {p.suffix!r} for {p}; expected a folder, "
                 ".npy, .npz or .safetensors"
             )
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            SyntaxError, tokenize.TokenError) as e:  # numpy parses .npy headers as Python literals
         if isinstance(e, CorruptFile):
             raise
         raise CorruptFile(f"{p}: cannot read cache ({e})") from e
@@ -491,6 +493,29 @@ def check_same_encoder(path: str | os.PathLike, meta: dict, overwrite: bool = Fa
                            "choose another path)")
 
 
+def _json_bytes(values: list[str]) -> np.ndarray:
+    return np.frombuffer(json.dumps(values, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+
+
+def _npz_strings(z, name: str, path) -> list | None:
+    """Column ``name`` of an ``.npz`` cache: the exact JSON copy when present, else the
+    numpy string array; ``None`` when the file has neither."""
+    key = f"{name}_json"
+    if key in z:
+        raw = z[key]
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise CorruptFile(f"{path}: array {key!r} must be 1-D uint8 (UTF-8 JSON), got "
+                              f"{raw.dtype} of shape {raw.shape}")
+        try:
+            values = json.loads(raw.tobytes().decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise CorruptFile(f"{path}: array {key!r} is not UTF-8 JSON: {e}") from e
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise CorruptFile(f"{path}: array {key!r} must hold a JSON list of strings")
+        return values
+    return z[name].tolist() if name in z else None
+
+
 def save_cache(path: str | os.PathLike, cache: Cache, dtype="float16",
                overwrite: bool = False) -> Path:
     """Write ``cache`` atomically: ``.npz`` and ``.safetensors`` paths are single files,
@@ -521,9 +546,13 @@ def save_cache(path: str | os.PathLike, cache: Cache, dtype="float16",
         import io
 
         buf = io.BytesIO()
-        arrays = {"embeddings": emb, "ids": np.asarray(ids, dtype=str)}
+        # "ids"/"groups" as numpy strings for other readers; the exact strings (numpy
+        # strings drop trailing NUL characters) as UTF-8 JSON in "ids_json"/"groups_json"
+        arrays = {"embeddings": emb, "ids": np.asarray(ids, dtype=str),
+                  "ids_json": _json_bytes(ids)}
         if groups is not None:
             arrays["groups"] = np.asarray(groups, dtype=str)
+            arrays["groups_json"] = _json_bytes(groups)
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(p, buf.getvalue(), clean=True)
     elif p.suffix == ".safetensors":
@@ -608,6 +637,7 @@ def pair_by_ids(a: Cache, b: Cache, groups: str = "a") -> Pairs:
     many). ``groups`` picks which cache's ``groups`` column keeps pairs together
     (``"a"`` or ``"b"``); without one, the shared id is the group.
     """
+    _check_group_side(groups)
     b_index: dict[str, list[int]] = {}
     for j, k in enumerate(b.ids):
         b_index.setdefault(k, []).append(j)
@@ -624,6 +654,12 @@ def pair_by_ids(a: Cache, b: Cache, groups: str = "a") -> Pairs:
     ar = np.asarray(ar, dtype=np.int64)
     br = np.asarray(br, dtype=np.int64)
     return Pairs(ar, br, _pair_groups(a, b, ar, br, groups))
+
+
+def _check_group_side(groups) -> None:
+    if not isinstance(groups, str) or groups not in ("a", "b"):
+        raise InvalidParameter(f"parameter 'groups' must be 'a' or 'b' (the cache whose groups "
+                               f"keep pairs together), got {groups!r}")
 
 
 def _pair_groups(a: Cache, b: Cache, ar, br, which: str) -> np.ndarray:
@@ -711,6 +747,7 @@ def pair_table(
     class with all of its clips. ``table`` may also be a path to a CSV/TSV file with two
     columns (a header line is skipped when its values are not ids of either cache).
     """
+    _check_group_side(groups)
     table = as_pair_table(table).pairs()
     a_index: dict[str, list[int]] = {}
     for i, k in enumerate(a.ids):
@@ -799,7 +836,9 @@ def split_groups(
         raise DimensionMismatch(
             f"groups: expected a 1-D sequence of one group per row, got "
             f"{'a string' if isinstance(groups, (str, bytes)) else f'shape {np.shape(groups)}'}")
-    groups = np.asarray(groups).astype(str)
+    # an object array of Python strings: a numpy "U" array would drop trailing NUL
+    # characters and merge groups whose names differ only by them
+    groups = np.asarray([str(g) for g in groups], dtype=object)
     if groups.shape[0] == 0:
         raise EmptyData("cannot split zero rows")
     uniq, inv = np.unique(groups, return_inverse=True)

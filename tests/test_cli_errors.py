@@ -51,6 +51,7 @@ def data(tmp_path_factory):
         caches[name] = Cache(ids=ids, emb=x)
         save_cache(root / "caches" / name, caches[name])
     save_cache(root / "caches" / "other", Cache(ids=[f"o{i}" for i in range(n)], emb=X))
+    save_cache(root / "caches" / "few", Cache(ids=ids[:8], emb=X[:8]))
     g = ModalityGraph()
     g.add_node(A, caches["a"])
     g.add_node(B, caches["b"])
@@ -315,6 +316,15 @@ def test_data_problem_in_last_edge_fails_before_the_first_edge_trains(data, spy,
     assert not (data / "built").exists()
 
 
+def test_too_small_split_in_last_edge_fails_before_the_first_edge_trains(data, spy, capsys):
+    text = (GOOD + '\n[[nodes]]\nname = "text:yy@few"\ncache = "caches/few"\n'
+            '\n[[edges]]\nsrc = "text:en@a"\ndst = "text:yy@few"\ntranslator = "linear"\n')
+    rc, _, err = build(data, text, capsys)
+    assert_one_line_error(rc, err, "min_val")
+    assert spy["connect"] == []
+    assert not (data / "built").exists()
+
+
 def test_good_spec_builds(data, spy, capsys):
     rc, out, err = build(data, GOOD, capsys)
     assert rc == 0, err
@@ -347,3 +357,15 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert r.stderr.strip().splitlines() == [
         "bridge: error: argument --candidates: expected an integer from 1 to 1000000, got '-5' "
         "(see 'bridge eval --help')"]
+
+
+def test_occupied_out_folder_refused_before_training(data, spy, tmp_path, capsys):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    spec = tmp_path / "s.toml"
+    spec.write_text(GOOD.replace('"caches/', f'"{data}/caches/'))
+    rc, _, err = run(["graph", "build", spec, "--out", out], capsys)
+    assert_one_line_error(rc, err, "thesis", "--overwrite")
+    assert spy["load"] == [] and spy["connect"] == []
+    assert (out / "thesis.txt").read_text() == "years of work"

@@ -316,3 +316,17 @@ def test_predefined_splits_by_prefix():
     assert (m["n_train"], m["n_val"], m["n_test"]) == (200, 50, 50)
     with pytest.raises(DimensionMismatch, match="different dimensions"):
         concat_caches([A, Cache(ids=["q"], emb=np.ones((1, 3)))], ["p", "q"])
+
+
+def test_walk_rows_are_checked(graph):
+    walk = ["text:en@a", "text:de@b", "text:en@a"]
+    with pytest.raises(EmptyData, match="no row numbers"):
+        graph.walk(walk, rows=[])
+    with pytest.raises(InvalidParameter, match="row 600 is outside 0..599"):
+        graph.walk(walk, rows=[3, 600])
+    with pytest.raises(InvalidParameter, match="row -1 is outside"):
+        graph.walk(walk, rows=[-1])
+    with pytest.raises(InvalidParameter, match="integer row numbers, got dtype float64"):
+        graph.walk(walk, rows=[1.5])
+    rep = graph.walk(walk, rows=[0, 5, 7])
+    assert rep["n"] == 3 and rep["loss_per_sample"].shape == (3,)

@@ -375,3 +375,40 @@ def test_save_and_load_keep_every_setting(tmp_path):
     assert h.settings() == g.settings()
     assert h.copy().settings() == g.settings()
     assert h.edge("x@a", "y@b")["cost"] == pytest.approx(g.edge("x@a", "y@b")["cost"])
+
+
+def test_row_cosine_through_the_one_normaliser():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((30, 5)), rng.standard_normal((30, 5))
+    a[3] = 0.0  # an all-zero row has cosine 0, not NaN
+    ref = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    np.testing.assert_allclose(row_cosine(a, b), ref, atol=1e-6)
+    assert row_cosine(a, b)[3] == 0.0
+    with pytest.raises(bridge.errors.DimensionMismatch, match="row counts differ: 30 vs 29"):
+        row_cosine(a, b[:29])
+    with pytest.raises(bridge.errors.DimensionMismatch, match=r"labels has shape \(2,\)"):
+        paired_retrieval(a, b, [0, 1])
+
+
+def test_top1_hits_equal_first_ranks_of_the_rank_engine():
+    """The label form of R@1 (used by edge metrics and early stopping) agrees with
+    ranks_of_relevant on data full of exact ties: duplicated gallery rows, rounded queries."""
+    from bridge.metrics import paired_retrieval, rows_by_label
+    from bridge.retrieval import ranks_of_relevant
+
+    rng = np.random.default_rng(0)
+    n_ties = 0
+    for trial in range(150):
+        n, d = int(rng.integers(1, 40)), int(rng.integers(1, 6))
+        T = rng.standard_normal((n, d)).astype(np.float32)
+        if n > 2:
+            T[1] = T[0]
+        P = (T + rng.standard_normal((n, d)) * rng.choice([0.0, 0.1, 1.0])).astype(np.float32)
+        if rng.random() < 0.3:
+            P = np.round(P, 1)
+        lab = rng.integers(0, max(1, n // 2), n) if rng.random() < 0.5 else None
+        got = paired_retrieval(P, T, lab)["R@1"]
+        ranks = ranks_of_relevant(P, T, rows_by_label(np.arange(n) if lab is None else lab))
+        assert got == pytest.approx(np.mean([r[0] <= 1 for r in ranks]), abs=1e-12), trial
+        n_ties += int(n > 2 and (lab is None or lab[0] != lab[1]))
+    assert n_ties > 20  # the duplicated rows under two labels were exercised

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 import warnings
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, event, given, note, settings  # noqa: E402
+from hypothesis import HealthCheck, event, example, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
@@ -102,6 +103,15 @@ json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                          st.text(max_size=8))
 json_values = st.recursive(
     json_scalars,
+    lambda kids: st.one_of(st.lists(kids, max_size=3),
+                           st.dictionaries(st.text(max_size=5), kids, max_size=3)),
+    max_leaves=6,
+)
+# the same with small integers: a translator config sizes a network by its numbers, and
+# a huge one is tried separately under a memory limit (test_load_translator_huge_sizes)
+json_values_small = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-4096, 4096),
+              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)),
     lambda kids: st.one_of(st.lists(kids, max_size=3),
                            st.dictionaries(st.text(max_size=5), kids, max_size=3)),
     max_leaves=6,
@@ -230,6 +240,8 @@ def cache_case(draw):
 
 @settings(max_examples=examples(60), **SETTINGS)
 @given(cache_case(), st.sampled_from(FORMATS), st.sampled_from(["float16", "float32"]))
+@example(case=(np.zeros((2, 1), np.float32), ["a\x00", "a"], ["\x00", ""]), fmt=".npz",
+         dtype="float32")  # ids and groups with a trailing NUL character
 def test_save_load_cache_round_trip(case, fmt, dtype):
     emb, ids, groups = case
     c = Cache.from_arrays(emb, ids=ids, groups=groups, meta={"name": "prop", "modality": "text"})
@@ -283,8 +295,14 @@ def mutated_cache_file(draw):
 
 
 @settings(max_examples=examples(80), **SETTINGS)
-@given(st.sampled_from(FORMATS), mutated_cache_file(), st.data())
-def test_load_mutated_cache(fmt, mutation, data):
+@given(st.sampled_from(FORMATS), mutated_cache_file(),
+       st.sampled_from(["embeddings.npy", "ids.json", "meta.json", "groups.json"]))
+@example(fmt="folder", mutation=("flip", 0.453125, 1, None), member="embeddings.npy")
+@example(fmt=".npz", mutation=("flip", 0.705078125, 64, None), member="")
+@example(fmt=".npz", mutation=("flip", 0.7109375, 1, None), member="")
+@example(fmt=".npz", mutation=("flip", 0.625, 16, None), member="")
+@example(fmt=".npz", mutation=("truncate", 0.5, 1, None), member="")
+def test_load_mutated_cache(fmt, mutation, member):
     how, pos, mask, value = mutation
     n, d = 4, 3
     c = Cache.from_arrays(np.arange(n * d, dtype=np.float32).reshape(n, d) / 7,
@@ -293,8 +311,7 @@ def test_load_mutated_cache(fmt, mutation, data):
         path = Path(tmp) / ("c" if fmt == "folder" else f"c{fmt}")
         save_cache(path, c)
         if fmt == "folder":
-            target = path / data.draw(st.sampled_from(
-                ["embeddings.npy", "ids.json", "meta.json", "groups.json"]))
+            target = path / member
         else:
             target = path
         blob = target.read_bytes()
@@ -458,6 +475,7 @@ def fractions3(draw):
 @settings(max_examples=examples(100), **SETTINGS)
 @given(st.lists(st.text(max_size=3), min_size=1, max_size=30), fractions3(),
        st.integers(-2**40, 2**40), st.randoms(use_true_random=False))
+@example(groups=["", "\x00", "000"], fractions=(0.0, 0.5, 0.5), seed=0, rnd=random.Random(0))
 def test_split_groups_properties(groups, fractions, seed, rnd):
     s = split_groups(groups, fractions, seed)
     n = len(groups)
@@ -548,7 +566,7 @@ VALID = {
     "procrustes": {"center": st.booleans(), "scale": st.booleans()},
     "relative": {"n_anchors": st.one_of(st.none(), st.integers(1, 40)),
                  "k": st.one_of(st.just("auto"), st.integers(1, 40)),
-                 "power": st.one_of(st.just("auto"), st.floats(0, 64)),
+                 "power": st.one_of(st.just("auto"), st.floats(0.001, 64)),
                  "seed": st.integers(0, 2**31)},
     "identity": {},
     "posthoc": {"steps": st.sampled_from(["center", "procrustes", "center+procrustes"])},
@@ -852,6 +870,8 @@ def test_retrieval_metrics_flat_brute_force(case, ks):
 @settings(max_examples=examples(80), **SETTINGS)
 @given(retrieval_case(exact=False), st.sampled_from(["hnsw", "ivf"]),
        st.sampled_from([None, 1, 1, 2, 0, -1, 10**6]), st.sampled_from([None, 1, 5, 100, 0, -3]))
+@example(case=(np.array([[0.1], [-0.1]], np.float32), np.array([[0.6], [0.1]], np.float32), None,
+               [np.array([0]), np.array([1])]), kind="hnsw", nlist=None, depth=None)
 def test_retrieval_metrics_approximate(case, kind, nlist, depth):
     from bridge.retrieval import retrieval_metrics
 
@@ -870,8 +890,8 @@ def test_retrieval_metrics_approximate(case, kind, nlist, depth):
     for k in ("R@1", "R@3", "MRR", "mAP"):
         assert 0.0 <= m[k] <= 1.0
     exact_search = (kind == "hnsw" or (nlist == 1 or ng < 39)) and (depth is None or depth >= ng)
-    dup_free = len({tuple(r) for r in _unit64(g).round(6).tolist()}) == ng
-    if exact_search and dup_free:
+    if exact_search:
+        # every row is returned: ranks exact, duplicate gallery rows counted against
         want = brute_metrics(brute_ranks(_unit64(q) @ _unit64(g).T, rel), (1, 3))
         for k, v in want.items():
             assert m[k] == pytest.approx(v, abs=1e-9), (k, m[k], v)
@@ -897,6 +917,29 @@ def test_search_top_k(case, k, kind):
         for i in range(q.shape[0]):
             np.testing.assert_allclose(scores[i], np.sort(S[i])[::-1][:kk], atol=1e-5)
             np.testing.assert_allclose(S[i, rows[i]], scores[i], atol=1e-5)
+
+
+@settings(max_examples=examples(60), **SETTINGS)
+@given(retrieval_case())
+def test_bidirectional_metrics_brute_force(case):
+    """b->a retrieves, for every gallery row some query names, the queries that name it."""
+    from bridge.retrieval import bidirectional_metrics
+
+    q, g, arg, rel = case
+    ok, m = attempt(bidirectional_metrics, q, g, arg, ks=(1, 2))
+    assert ok, m
+    S = _unit64(q) @ _unit64(g).T
+    fwd = brute_metrics(brute_ranks(S, rel), (1, 2))
+    back = {}
+    for i, r in enumerate(rel):
+        for j in r.tolist():
+            back.setdefault(j, []).append(i)
+    rows = sorted(back)
+    rev = brute_metrics(brute_ranks(S.T[rows], [np.array(back[j]) for j in rows]), (1, 2))
+    for k in fwd:
+        assert m["a->b"][k] == pytest.approx(fwd[k], abs=1e-12), ("a->b", k)
+        assert m["b->a"][k] == pytest.approx(rev[k], abs=1e-12), ("b->a", k)
+    assert m["b->a"]["n_queries"] == len(rows)
 
 
 @settings(max_examples=examples(60), **SETTINGS)
@@ -1037,6 +1080,9 @@ def test_fusion_weights_scale_free(case, c):
 @settings(max_examples=examples(60), **SETTINGS)
 @given(fusion_case(), st.sampled_from(["zscore", "rrf"]),
        st.one_of(st.integers(-3, 12), st.just(10**8)))
+@example(case=([np.array([[0.1, -0.1], [0.6, 0.1], [-0.5, 0.4]], np.float32)],
+               [np.array([[1.3, 0.9], [1.3, 0.9], [-0.6, 0.04]], np.float32)], None,
+               [np.array([0]), np.array([1]), np.array([2])]), method="zscore", candidates=3)
 def test_fused_candidates(case, method, candidates):
     from bridge.fusion import fused_metrics
 
@@ -1080,12 +1126,13 @@ def test_fused_search(case, method, k, candidates):
         assert len(set(found.tolist())) == found.size, "a row returned twice"
         assert np.all(np.diff(scores[i][: found.size]) <= 1e-9), "not best first"
         if method == "zscore":
-            np.testing.assert_allclose(scores[i][: found.size], F[i, found], atol=1e-5)
+            np.testing.assert_allclose(scores[i][: found.size], F[i, found], rtol=1e-4,
+                                       atol=1e-4)  # float32 scores, float64 moments
         if (candidates is None or candidates >= ng) and method == "zscore":
             # every row is a candidate: the top k of the dense scores
             assert found.size == min(k, ng)
             top = np.sort(F[i])[::-1][: found.size]
-            np.testing.assert_allclose(scores[i][: found.size], top, atol=1e-5)
+            np.testing.assert_allclose(scores[i][: found.size], top, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -1198,7 +1245,7 @@ def _all_simple_paths_cost(G, src, dst):
     return best
 
 
-@settings(max_examples=examples(40), **SETTINGS)
+@settings(max_examples=examples(35), **SETTINGS)
 @given(graph_case())
 def test_graph_build_route_translate_save_load(case):
     from bridge.graph import ModalityGraph, load_graph
@@ -1419,9 +1466,9 @@ mutation = st.one_of(
                                          {"path": "/nonexistent/x.npy"}]))),
     st.tuples(st.just("manifest-del"), st.sampled_from(MANIFEST_PATHS[1:]), st.none()),
     st.tuples(st.just("config-set"), st.sampled_from(CONFIG_PATHS),
-              st.one_of(json_values, st.sampled_from(["linear", "procrustes", "mlp", "relative",
-                                                      "identity", "posthoc", 1, 2, 3, 4, -1,
-                                                      10**9]))),
+              st.one_of(json_values_small,
+                        st.sampled_from(["linear", "procrustes", "mlp", "relative", "identity",
+                                         "posthoc", 1, 2, 3, 4, -1, 4096]))),
     st.tuples(st.just("config-del"), st.sampled_from(CONFIG_PATHS[1:]), st.none()),
     st.tuples(st.sampled_from(["weights-truncate", "weights-flip", "cache-truncate",
                                "cache-flip", "manifest-bytes"]),
@@ -1478,7 +1525,7 @@ def _leaves_folder(v, root: Path) -> bool:
     return full != root.resolve() and root.resolve() not in full.parents
 
 
-@settings(max_examples=examples(100), **SETTINGS)
+@settings(max_examples=examples(80), **SETTINGS)
 @given(mutation, st.integers(0, 3))
 def test_load_mutated_graph(mut, edge):
     from bridge.graph import load_graph
@@ -1550,6 +1597,7 @@ WALK_NODES = ["text:en@a", "image@b", "audio@c", "nope@x"]
 @settings(max_examples=examples(60), **SETTINGS)
 @given(st.lists(st.sampled_from(WALK_NODES), min_size=0, max_size=5),
        st.one_of(st.none(), st.lists(st.integers(-3, 65), min_size=0, max_size=8)))
+@example(nodes=["text:en@a", "image@b"], rows=[])
 def test_walk(nodes, rows):
     """walk: every step scored, the cycle loss equal to its brute force, or a BridgeError."""
     _template()
@@ -1579,3 +1627,61 @@ def test_walk(nodes, rows):
         loss = 1 - np.clip(np.sum(_unit64(out) * _unit64(x0), axis=1), -1, 1)
         assert rep["loss_mean"] == pytest.approx(float(loss.mean()), abs=1e-5)
         assert 0.0 <= rep["cycle_R@1"] <= 1.0
+
+
+HUGE_SIZES = [("in_dim", 10**9), ("out_dim", 10**9), ("params.width", 60_000),
+              ("params.width", 10**7), ("params.depth", 10**6)]
+
+_HUGE_SCRIPT = r"""
+import json, resource, signal, sys
+resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+from bridge.errors import BridgeError
+from bridge.translators import load_translator
+
+def alarm(*_):
+    raise TimeoutError("over 20 s")
+
+signal.signal(signal.SIGALRM, alarm)
+out = []
+for path in sys.argv[1:]:
+    signal.alarm(20)
+    try:
+        load_translator(path)
+        out.append({"outcome": "loaded"})
+    except BridgeError as e:
+        out.append({"outcome": "refused", "error": type(e).__name__})
+    except BaseException as e:
+        out.append({"outcome": "crashed", "error": f"{type(e).__name__}: {e}"[:200]})
+    signal.alarm(0)
+print(json.dumps(out))
+"""
+
+
+def test_load_translator_huge_sizes():
+    """A hostile config.json that sizes a network far beyond its stored weights is refused
+    (CorruptFile) without building it: loaded in a subprocess under a 6 GiB address-space
+    limit, 20 s per file."""
+    import subprocess
+    import sys
+
+    tpl = _template()
+    with tmpdir() as tmp:
+        paths = []
+        for n, (field, value) in enumerate(HUGE_SIZES):
+            edge = Path(tmp) / f"edge{n}"
+            shutil.copytree(tpl / "graph" / "edges" / "002", edge)  # the MLP edge
+            cfg = json.loads((edge / "config.json").read_text())
+            assert cfg["kind"] == "mlp"
+            where, keys = cfg, field.split(".")
+            for k in keys[:-1]:
+                where = where[k]
+            where[keys[-1]] = value
+            (edge / "config.json").write_text(json.dumps(cfg))
+            paths.append(str(edge))
+        proc = subprocess.run([sys.executable, "-c", _HUGE_SCRIPT, *paths], capture_output=True,
+                              text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        bad = {f"{f}={v}": r for (f, v), r in zip(HUGE_SIZES, res)
+               if r != {"outcome": "refused", "error": "CorruptFile"}}
+        assert not bad, bad

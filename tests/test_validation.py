@@ -129,6 +129,7 @@ def test_memmap_validated_in_place_without_a_full_size_temporary(tmp_path, dtype
     ("abc", InvalidParameter, "'abc'"),
     (None, InvalidParameter, "NoneType"),
     (7, InvalidParameter, "int"),
+    ({"a", "b", "c"}, InvalidParameter, "set"),  # a set has no row order
     (["a", "b"], DimensionMismatch, "2 ids"),
 ])
 def test_cache_refuses_bad_ids(ids, exc, fragment):
@@ -478,3 +479,26 @@ def test_fused_candidates_beyond_the_gallery_mean_every_row(qg):
 def test_all_errors_are_bridge_errors():
     for exc in (InvalidParameter, InvalidEmbeddings, DimensionMismatch, EmptyData):
         assert issubclass(exc, BridgeError) and issubclass(exc, ValueError)
+
+
+@pytest.mark.parametrize("side", [None, "c", 1, "A"])
+def test_pairing_group_side(side):
+    from bridge.store import pair_by_ids, pair_table
+
+    a = Cache(ids=["x", "y"], emb=np.ones((2, 2)))
+    b = Cache(ids=["y", "x"], emb=np.ones((2, 2)))
+    with pytest.raises(InvalidParameter, match=f"'groups' must be 'a' or 'b'.*got {side!r}"):
+        pair_by_ids(a, b, groups=side)
+    with pytest.raises(InvalidParameter, match="'groups'"):
+        pair_table(a, b, [("x", "x")], groups=side)
+
+
+def test_huge_k_means_every_row(qg, rng):
+    Q, G = qg
+    s, r = fused_search([Q], [G], k=10**12)
+    assert r.shape == (50, 50) and (r >= 0).all()
+    X = rng.standard_normal((30, 4)).astype(np.float32)
+    T = make_translator("relative", k=2**70, power=1.0).fit(X, X)
+    assert T.k_ == 30
+    with pytest.raises(DimensionMismatch, match="2 finite route weights"):
+        fused_metrics([Q, Q], [G, G], method="weighted", weights="x")

@@ -292,7 +292,7 @@ def _check_config(cfg, where: str) -> None:
                                f"from in_dim, out_dim ({cfg['in_dim']}, {cfg['out_dim']})")
 
 
-def _expected_shapes(cfg: dict) -> dict[str, tuple] | None:
+def _expected_shapes(cfg: dict, n_tensors: int | None = None) -> dict[str, tuple] | None:
     """Tensor name -> shape that a translator of ``cfg`` stores; None when unknown.
 
     A shape entry ``None`` stands for any length (the number of anchors); an optional
@@ -308,19 +308,30 @@ def _expected_shapes(cfg: dict) -> dict[str, tuple] | None:
     if kind == "relative":
         return {"anchors_x": (None, i), "anchors_y": (None, o), "k": (1,), "power": (1,)}
     if kind == "mlp":
+        depth = cfg.get("params", {}).get("depth")
+        if n_tensors is not None and isinstance(depth, int) and depth > n_tensors:
+            # every block stores its own weights: more blocks than tensors cannot match,
+            # and building a network of that depth (even shapes only) would take forever
+            raise CorruptFile(f"config.json: params.depth is {depth}, but the weights file "
+                              f"holds only {n_tensors} tensors")
         net = _restore_net(cfg)
         return {k: tuple(v.shape) for k, v in net.state_dict().items()}
     if kind == "posthoc":
         base = cfg["extra"]["base"]
-        out = {f"base.{k}": v for k, v in (_expected_shapes(base) or {}).items()}
+        out = {f"base.{k}": v for k, v in (_expected_shapes(base, n_tensors) or {}).items()}
         out.update({"shift": (o,), "R?": (o, o), "mx?": (o,), "my?": (o,), "s?": (1,)})
         return out
     return None
 
 
 def _restore_net(cfg):
+    """The network a config describes, on torch's "meta" device: shapes only, no memory,
+    so a hostile config (a width of 10**9) costs nothing to check."""
+    import torch
+
     obj = TRANSLATORS["mlp"](**cfg.get("params", {}))
-    return obj.build(cfg["in_dim"], cfg["out_dim"])
+    with torch.device("meta"):
+        return obj.build(cfg["in_dim"], cfg["out_dim"])
 
 
 def _check_tensors(tensors: dict, cfg: dict, where: str) -> None:
@@ -334,7 +345,7 @@ def _check_tensors(tensors: dict, cfg: dict, where: str) -> None:
             fail(name, f"holds {int((~np.isfinite(t)).sum())} NaN or inf value(s)")
         if t.dtype.kind not in "fiu":
             fail(name, f"has dtype {t.dtype}; expected numbers")
-    shapes = _expected_shapes(cfg)
+    shapes = _expected_shapes(cfg, len(tensors))
     if shapes is None:  # a kind registered elsewhere: its _set_state and the probe decide
         return
     required = {k: v for k, v in shapes.items() if not k.endswith("?")}

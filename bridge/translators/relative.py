@@ -51,7 +51,8 @@ class RelativeTranslator(Translator):
             X, Y = X[keep], Y[keep]
         self.anchors_x_ = l2_normalize(X, check=False)
         self.anchors_y_ = np.asarray(Y, dtype=np.float32)
-        ks = [16, 64, 256] if self.k == "auto" else [int(self.k)]
+        # more neighbours than anchors means all anchors
+        ks = [16, 64, 256] if self.k == "auto" else [min(int(self.k), X.shape[0])]
         ps = [1.0, 4.0, 8.0, 16.0] if self.power == "auto" else [float(self.power)]
         if X_val is None or (len(ks) == 1 and len(ps) == 1):
             self.k_, self.power_ = ks[min(1, len(ks) - 1)], ps[min(2, len(ps) - 1)]
