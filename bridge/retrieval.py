@@ -612,20 +612,10 @@ def metrics_from_ranks(ranks: list[np.ndarray], ks=(1, 5, 10)) -> dict:
     ks = _check_ks(ks)
     if not ranks:
         raise EmptyData("no queries to score")
-    first = np.array([r[0] for r in ranks], dtype=np.float64)
-    ap = []
-    for r in ranks:
-        hits = np.arange(1, r.size + 1)
-        ap.append(float(np.sum(np.where(np.isfinite(r), hits / r, 0.0)) / r.size))
-    med = float(np.median(first))
-    out = {f"R@{k}": float(np.mean(first <= k)) for k in ks}
-    out.update({
-        "MRR": float(np.mean(1.0 / first)),
-        "median_rank": med if math.isfinite(med) else None,
-        "mAP": float(np.mean(ap)),
-        "n_queries": int(first.size),
-    })
-    return out
+    indptr = np.zeros(len(ranks) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([np.size(r) for r in ranks])
+    flat = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in ranks])
+    return _metrics_from_csr(indptr, flat, ks)
 
 
 def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str = "flat",
