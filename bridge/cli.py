@@ -4,7 +4,9 @@
     bridge graph build graphs/m30k.toml
     bridge graph show graphs/m30k
     bridge route graphs/m30k text:de@e5 text:en@minilm --k 3
+    bridge route graphs/m30k text:de@e5 text:en@minilm --weight val_R@1
     bridge eval graphs/m30k text:de@e5 text:en@minilm
+    bridge eval graphs/m30k text:de@e5 text:en@minilm --json r.json --csv r.csv --markdown r.md
     bridge eval graphs/m30k text:de@e5 --fuse text:en@e5,text:en@minilm
     bridge eval graphs/m30k --walk text:de@e5,text:en@minilm,text:de@e5
     bridge plot graph graphs/m30k --out graph.png
@@ -128,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("dst")
     pr.add_argument("--k", type=_int_range(1, MAX_ROUTES), default=1,
                     help="number of routes, cheapest first")
-    pr.add_argument("--weight", default="cost", help="edge attribute to minimise (default: cost)")
+    pr.add_argument("--weight", default="cost", metavar="WEIGHT",
+                    help="what a route is ranked by: 'cost' (default: the planner's edge cost, "
+                         "-ln of the val R@1 lower bound plus a per-hop charge, summed over the "
+                         "route), 'hops' (fewest edges), or an edge metric such as val_R@1, "
+                         "val_R@1_lcb, test_R@1 or val_cos, maximised as the product of its "
+                         "values over the route's hops (each edge weighs -ln max(value, 0.001))")
     pr.add_argument("--allow-external", action="store_true",
                     help="read caches that the graph references outside its folder "
                          "(written for caches read in place); refused by default")
@@ -153,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --fuse: score fusion (default zscore; weighted: per-route weights fitted on validation pairs)")
     pe.add_argument("--walk", type=_csv, help="comma-separated closed walk A,B,...,A")
     pe.add_argument("--json", help="also write the figures to this JSON file")
+    pe.add_argument("--csv", help="also write the figures as a CSV table to this file")
+    pe.add_argument("--markdown", help="also write the figures as a Markdown table to this file")
     pe.add_argument("--allow-external", action="store_true",
                     help="read caches that the graph references outside its folder "
                          "(written for caches read in place); refused by default")
@@ -350,6 +359,29 @@ def _load(path, args, load_caches: bool = True):
                       allow_external=getattr(args, "allow_external", False))
 
 
+def _fmt(v, digits: int = 3) -> str:
+    """A table cell: floats to ``digits`` places, missing values as ``-``."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.{digits}f}"
+    return str(v)
+
+
+def text_table(headers, rows) -> list[str]:
+    """Lines of a plain text table: columns padded to their widest cell, numbers right-aligned."""
+    cells = [[_fmt(v) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) and bool(rows)
+               for i in range(len(headers))]
+
+    def line(vals):
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(vals, widths, numeric)).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells]
+
+
 def _graph_show(args) -> int:
     g = _load(args.graph, args, load_caches=False)
     s = g.summary()
@@ -357,37 +389,87 @@ def _graph_show(args) -> int:
         print(dumps_json(s), end="")
         return 0
     print(f"{len(s['nodes'])} nodes:")
-    for n in s["nodes"]:
-        print(f"  {n['name']:<28} modality={n.get('modality')} language={n.get('language')} "
-              f"encoder={n.get('encoder')} dim={n['dim']}")
+    rows = [[n["name"], n.get("modality"), n.get("language"), n.get("encoder"), n["dim"]]
+            for n in s["nodes"]]
+    for line in text_table(["node", "modality", "language", "encoder", "dim"], rows):
+        print("  " + line)
     print(f"{len(s['edges'])} edges:")
+    rows = []
     for e in s["edges"]:
         m = e["metrics"]
-        print(f"  {e['src']} -> {e['dst']}  [{e['kind']}]  cost {e['cost']:.3f}  "
-              f"val R@1 {m.get('val_R@1', float('nan')):.3f}  test R@1 {m.get('test_R@1', float('nan')):.3f}")
+        rows.append([e["src"], e["dst"], e["kind"], e["cost"], m.get("n_train"), m.get("n_val"),
+                     m.get("n_test"), m.get("val_R@1"), m.get("val_R@1_lcb"), m.get("test_R@1")])
+    for line in text_table(["src", "dst", "kind", "cost", "n_train", "n_val", "n_test",
+                            "val_R@1", "val_R@1_lcb", "test_R@1"], rows):
+        print("  " + line)
+    if rows:
+        print("  (val_R@1_lcb: one-sided 95% lower bound of val R@1 at its n_val; "
+              "cost = -ln(max(lcb, 0.001)) + hop cost)")
     return 0
+
+
+#: ``--weight`` choices that are not edge metrics
+ROUTE_WEIGHTS = ("cost", "hops")
 
 
 def _route(args) -> int:
     g = _load(args.graph, args, load_caches=False)
     _check_nodes(g, [args.src, args.dst], "route")
-    _check_weight(g, args.weight)
-    routes = g.route(args.src, args.dst, k=args.k, weight=args.weight)
-    for i, r in enumerate(routes if isinstance(routes, list) else [routes], 1):
-        print(f"{i}. {r}")
+    weight = _route_weight(g, args.weight)
+    routes = g.route(args.src, args.dst, k=args.k, weight=weight)
+    routes = routes if isinstance(routes, list) else [routes]
+    for i, r in enumerate(routes, 1):
+        path = " -> ".join(r.nodes)
+        hops = f"{r.hops} hop{'s' if r.hops != 1 else ''}"
+        if args.weight == "cost":
+            print(f"{i}. {path}  (cost {r.cost:.4f}, {hops})")
+        elif args.weight == "hops":
+            print(f"{i}. {path}  ({hops}, cost {_planner_cost(g, r):.4f})")
+        else:
+            import math
+
+            print(f"{i}. {path}  ({args.weight} product {math.exp(-r.cost):.4f}, {hops}, "
+                  f"cost {_planner_cost(g, r):.4f})")
+    if len(routes) < args.k:
+        print(f"only {len(routes)} route{'s' if len(routes) != 1 else ''} from {args.src} "
+              f"to {args.dst} (asked for --k {args.k})")
     return 0
 
 
-def _check_weight(g, weight: str) -> None:
-    """``--weight`` must name a numeric attribute of every edge."""
-    for u, v, d in g.G.edges(data=True):
-        val = d.get(weight)
-        if isinstance(val, bool) or not isinstance(val, (int, float)):
-            numeric = sorted(k for k, x in d.items()
-                             if isinstance(x, (int, float)) and not isinstance(x, bool))
-            raise InvalidParameter(
-                f"--weight {weight!r}: edge {u!r} -> {v!r} has no numeric attribute {weight!r}; "
-                f"numeric edge attributes: {numeric}")
+def _planner_cost(g, r) -> float:
+    return sum(g.G.edges[u, v]["cost"] for u, v in r.edges)
+
+
+def _edge_metric_names(g) -> list[str]:
+    """Numeric metrics that every edge of ``g`` has."""
+    common = None
+    for _, _, d in g.G.edges(data=True):
+        names = {k for k, x in d["metrics"].items()
+                 if isinstance(x, (int, float)) and not isinstance(x, bool)}
+        common = names if common is None else common & names
+    return sorted(common or ())
+
+
+def _route_weight(g, weight: str):
+    """The planner weight ``--weight`` names: ``"cost"``, a function counting hops, or
+    ``-ln max(metric, 0.001)`` of an edge metric (so routes maximise the metric's product)."""
+    import math
+
+    if weight == "cost":
+        return "cost"
+    if weight == "hops":
+        return lambda u, v, d: 1.0
+    metrics = _edge_metric_names(g)
+    if weight not in metrics or weight.startswith("n_"):
+        choices = list(ROUTE_WEIGHTS) + [m for m in metrics if not m.startswith("n_")]
+        raise InvalidParameter(f"--weight {weight!r} is not a route weight of this graph; "
+                               f"expected one of {', '.join(choices)}")
+
+    def fn(u, v, d):
+        x = float(d["metrics"][weight])
+        return -math.log(max(x, 0.001)) if math.isfinite(x) else -math.log(0.001)
+
+    return fn
 
 
 def _check_eval_args(args, parser) -> None:
@@ -411,7 +493,8 @@ def _check_eval_args(args, parser) -> None:
         for opt, val in (("--candidates", args.candidates), ("--method", args.method)):
             if val is not None:
                 raise InvalidParameter(f"{opt} {val} applies to --fuse only")
-    _check_out_file(args.json, "--json")
+    for opt, path in (("--json", args.json), ("--csv", args.csv), ("--markdown", args.markdown)):
+        _check_out_file(path, opt)
 
 
 def _print_metrics(title, m):
@@ -438,7 +521,11 @@ def _eval(args, parser) -> int:
                   f"{rep['loss_median']:.4f}; cycle R@1 {rep['cycle_R@1']:.4f}")
         for h in rep["hops"]:
             if "R@1" in h:
-                print(f"  hop {h['src']} -> {h['dst']}: cos {h['cos']:.4f}, R@1 {h['R@1']:.4f}")
+                print(f"  hop {h['src']} -> {h['dst']}: cos {h['cos']:.4f}, R@1 {h['R@1']:.4f} "
+                      f"on {h['n']} rows")
+            else:
+                print(f"  hop {h['src']} -> {h['dst']}: no true targets known (no test id of "
+                      f"{args.walk[0]} is a row of {h['dst']}), not scored")
     elif args.fuse:
         if not args.src:
             parser.error("eval --fuse needs SRC")
@@ -450,6 +537,10 @@ def _eval(args, parser) -> int:
         for name, m in r["single"].items():
             _print_metrics(f"route {name}", m)
         _print_metrics(f"fused ({method})", r["fused"])
+        if r.get("weights") is not None:
+            print("fitted route weights (on val pairs):")
+            for name, w in zip(r["single"], r["weights"]):
+                print(f"  {w:.3f}  {name}")
     else:
         if not (args.src and args.dst):
             parser.error("eval needs SRC and DST (or --walk, or SRC with --fuse)")
@@ -462,7 +553,76 @@ def _eval(args, parser) -> int:
         from .files import write_json
 
         write_json(args.json, result)
+    if args.csv or args.markdown:
+        from .files import atomic_write_bytes
+
+        headers, rows = figure_rows(result)
+        if args.csv:
+            atomic_write_bytes(args.csv, csv_table(headers, rows).encode("utf-8"))
+        if args.markdown:
+            atomic_write_bytes(args.markdown, markdown_table(headers, rows).encode("utf-8"))
     return 0
+
+
+#: the figures of ``bridge eval`` in the order its tables show them
+FIGURES = ("n", "R@1", "R@5", "R@10", "MRR", "median_rank", "mAP", "cos",
+           "loss_mean", "loss_median", "cycle_R@1", "weight", "cost")
+
+
+def figure_rows(result: dict) -> tuple[list[str], list[list]]:
+    """The figures of a ``bridge eval`` result as one table: a row per route, fused score,
+    walk or hop, a column per figure any row has (missing cells are ``None``)."""
+    rows = []
+    if "route" in result:
+        m = result["route"]
+        name = " | ".join(" -> ".join(r["nodes"]) for r in m["routes"])
+        rows.append(("route", name, {**m, "n": m.get("n_queries"),
+                                     "cost": sum(r["cost"] for r in m["routes"]) / len(m["routes"])}))
+    if "fused" in result:
+        r = result["fused"]
+        weights = r.get("weights") or [None] * len(r["single"])
+        for (name, m), w, rt in zip(r["single"].items(), weights, r["routes"]):
+            rows.append(("route", name, {**m, "weight": w, "cost": rt["cost"]}))
+        rows.append((f"fused ({r['method']})", " + ".join(r["single"]), r["fused"]))
+    if "walk" in result:
+        w = result["walk"]
+        rows.append(("walk", " -> ".join(w["nodes"]), w))
+        for h in w["hops"]:
+            rows.append(("hop", f"{h['src']} -> {h['dst']}", h))
+    cols = [k for k in FIGURES if any(_is_figure(m.get(k)) for _, _, m in rows)]
+    table = [[kind, name] + [m.get(k) if _is_figure(m.get(k)) else None for k in cols]
+             for kind, name, m in rows]
+    return ["what", "name"] + cols, table
+
+
+def _is_figure(v) -> bool:
+    import numbers
+
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def csv_table(headers, rows) -> str:
+    """``rows`` as CSV text (full precision; missing cells empty)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(headers)
+    for r in rows:
+        w.writerow(["" if v is None else repr(float(v)) if isinstance(v, float) else v for v in r])
+    return buf.getvalue()
+
+
+def markdown_table(headers, rows, digits: int = 4) -> str:
+    """``rows`` as a Markdown table (floats to ``digits`` places; missing cells ``-``)."""
+    def cell(v):
+        return _fmt(v, digits).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |",
+             "| " + " | ".join("---" if i < 2 else "---:" for i in range(len(headers))) + " |"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _plot(args) -> int:
@@ -483,7 +643,9 @@ def _plot(args) -> int:
     _check_nodes(g, list(args.nodes or []) + [n for n in (args.into, args.start) if n], "plot")
     nodes = args.nodes or g.nodes
     if args.kind == "graph":
-        ax = plots.plot_graph(_quality_graph(g), weight="r1")
+        from .demo import quality_graph
+
+        ax = plots.plot_graph(quality_graph(g), weight="r1")
     elif args.kind == "heatmap":
         names, M = r1_matrix(g, nodes)
         ax = plots.plot_r1_heatmap(names, M)
@@ -504,17 +666,6 @@ def _plot(args) -> int:
     plots.save_figure(ax, args.out)
     print(f"wrote {args.out}")
     return 0
-
-
-def _quality_graph(g):
-    import networkx as nx
-
-    H = nx.DiGraph()
-    for n, d in g.G.nodes(data=True):
-        H.add_node(n, modality=d.get("modality"))
-    for u, v, d in g.G.edges(data=True):
-        H.add_edge(u, v, r1=d["metrics"].get("test_R@1", d["metrics"].get("val_R@1")))
-    return H
 
 
 def _views(g, nodes, into=None, max_rows=400):

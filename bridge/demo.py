@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import UnknownNode
 
-__all__ = ["run_demo", "build_demo_graph", "closed_walks", "DEMO_EDGES"]
+__all__ = ["run_demo", "build_demo_graph", "closed_walks", "quality_graph", "DEMO_EDGES"]
 
 #: (src, dst, translator, options) of the demo graph; every edge is trained both ways.
 #: MLP edges carry a post-hoc mean shift: contrastive training leaves their outputs off the
@@ -99,6 +99,19 @@ def closed_walks(g, start: str, max_hops: int = 6, nodes=None, beam: int = 5000)
             walks[hops] = list(min(closed, key=order))
         frontier = sorted(grown, key=order)[:beam]
     return [walks[k] for k in sorted(walks)]
+
+
+def quality_graph(g):
+    """A networkx view of ``g`` for :func:`bridge.plots.plot_graph`: nodes with their
+    modality, edges with ``r1``, the test R@1 (the val R@1 where no test rows were scored)."""
+    import networkx as nx
+
+    H = nx.DiGraph()
+    for n, d in g.G.nodes(data=True):
+        H.add_node(n, modality=d.get("modality"))
+    for u, v, d in g.G.edges(data=True):
+        H.add_edge(u, v, r1=d["metrics"].get("test_R@1", d["metrics"].get("val_R@1")))
+    return H
 
 
 def run_demo(out="bridge-report", seed: int = 0, quick: bool = False, plots: bool = True) -> dict:
@@ -222,13 +235,9 @@ def _common_test_ids(g, nodes, limit=400):
 
 
 def _plots(g, report, views, hop_reps, walks, folder: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the user's backend; without a display matplotlib uses Agg
 
     from . import plots
-    from .cli import _quality_graph
 
     files = []
 
@@ -237,7 +246,7 @@ def _plots(g, report, views, hop_reps, walks, folder: Path) -> list[str]:
         plt.close("all")
         files.append(name)
 
-    save(plots.plot_graph(_quality_graph(g), weight="r1",
+    save(plots.plot_graph(quality_graph(g), weight="r1",
                           title="demo graph: edges coloured by held-out R@1"), "graph.png")
     rm = report["r1_matrix"]
     save(plots.plot_r1_heatmap(rm["nodes"], np.array(rm["R@1"]),

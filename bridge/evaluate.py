@@ -1,7 +1,8 @@
 """Evaluation of a graph on its held-out pairs: routes, fused routes, R@1 grids, hops.
 
 Held-out pairs between two nodes are the test split of their pairs (shared ids or a pair
-table), split by group exactly as the edges' training pairs were, so no test pair was seen
+table, the one an edge between them was trained on and keeps when saved), split by group
+exactly as the edges' training pairs were, so no test pair was seen
 by an edge trained between the same nodes; with shared group names (ids) the split of a
 group is the same on every edge (see :func:`bridge.store.split_groups`).
 
@@ -36,9 +37,21 @@ class HeldOut:
 
 
 def held_out(graph, src: str, dst: str, pairs=None, split: str = "test") -> HeldOut:
-    """Queries, gallery and relevance from the ``split`` pairs of ``src`` and ``dst``."""
-    P = graph.pairs(src, dst, pairs)
-    idx = graph.split(P)[split]
+    """Queries, gallery and relevance from the ``split`` pairs of ``src`` and ``dst``.
+
+    Without ``pairs`` the pairs are those an edge between the two nodes was trained on
+    (:meth:`~bridge.graph.ModalityGraph.edge_pairs`): the pair table stored on edge
+    ``src -> dst`` (or on ``dst -> src``, reversed), split by that edge's rule, so a graph
+    read by :func:`~bridge.graph.load_graph` scores its pair-table edges with no extra
+    argument; nodes with no edge between them pair by shared ids. ``pairs`` (a pair table,
+    a list of ``(id_src, id_dst)`` or :class:`~bridge.store.Pairs`) replaces those pairs;
+    they are split by the rule of an edge between the nodes, else the graph's rule.
+    """
+    if pairs is None:
+        P, rule = graph.edge_pairs(src, dst)
+    else:
+        P, rule = graph.pairs(src, dst, pairs), graph.split_rule(src, dst)
+    idx = graph.split(P, rule)[split]
     if idx.size == 0:
         raise NoPairs(f"{src!r} and {dst!r} have no {split} pairs")
     a, b = P.a_rows[idx], P.b_rows[idx]
@@ -96,8 +109,9 @@ def evaluate_route(graph, src: str, dst: str, route=None, k: int = 1, pairs=None
 def r1_matrix(graph, nodes=None, pair_tables: dict | None = None, split: str = "test"):
     """R@1 of every ordered node pair through its planned route (NaN: no pairs or route).
 
-    ``pair_tables`` maps ``(a, b)`` to a pair table for nodes that do not share ids.
-    Returns ``(names, matrix)``.
+    Edges trained from a pair table score with the table they keep; ``pair_tables`` maps
+    ``(a, b)`` to a pair table (a :class:`~bridge.store.PairTable`, a list of ``(id_a,
+    id_b)`` or a CSV/TSV path) to use instead. Returns ``(names, matrix)``.
     """
     names = list(nodes or graph.nodes)
     M = np.full((len(names), len(names)), np.nan)
@@ -119,7 +133,9 @@ def _table_for(pair_tables, a, b):
     if (a, b) in pair_tables:
         return pair_tables[(a, b)]
     if (b, a) in pair_tables:
-        return [(y, x) for x, y in pair_tables[(b, a)]]
+        from .store import as_pair_table
+
+        return as_pair_table(pair_tables[(b, a)]).reversed()
     return None
 
 

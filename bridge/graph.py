@@ -6,8 +6,11 @@ Edge attributes: ``translator`` (fitted), ``metrics`` (held-out figures: ``val_R
 and its lower confidence bound ``val_R@1_lcb``, ``val_cos``, ``test_R@1``,
 ``test_R@1_lcb``, ``test_cos`` and the pair counts ``n_train``, ``n_val``, ``n_test``),
 ``cost`` (planner cost from the lower bound of the validation R@1, see
-:func:`bridge.planner.edge_cost`) and ``split`` (how pairs were split). R@1 is counted by
-:func:`bridge.metrics.paired_retrieval`: ties count against the query.
+:func:`bridge.planner.edge_cost`), ``split`` (how pairs were split: the rule, its counts and,
+for a rule given as a dict, its ``groups``) and ``pair_table`` (for an edge trained from a pair
+table: ``{"table": PairTable, "groups": "src" | "dst"}``, the table's rows that matched both
+caches, oriented src -> dst, and which side's groups split the pairs; None otherwise). R@1 is
+counted by :func:`bridge.metrics.paired_retrieval`: ties count against the query.
 
 Node names follow ``modality[:language]@encoder`` (``text:de@e5``, ``audio@aisfx``); the
 parts fill the node attributes unless they are given explicitly.
@@ -41,6 +44,8 @@ from .planner import Route, edge_cost, k_best_routes, route_cost, wilson_lower_b
 from .store import (
     Cache,
     Pairs,
+    PairTable,
+    as_pair_table,
     check_embeddings,
     load_cache,
     pair_by_ids,
@@ -312,9 +317,12 @@ class ModalityGraph:
         if not (isinstance(cycle_weight, numbers.Real) and math.isfinite(cycle_weight)
                 and cycle_weight >= 0):
             raise InvalidParameter(f"cycle_weight must be a finite number >= 0, got {cycle_weight!r}")
-        P = self.pairs(a, b, pairs)
+        table = None if pairs is None or isinstance(pairs, Pairs) else as_pair_table(pairs)
+        P = self.pairs(a, b, pairs if table is None else table)
         idx = self.split(P, splits)
         self._check_split_sizes(a, b, P, idx, self.splits if splits is None else splits)
+        if table is not None:
+            table = _matched_rows(table, self.cache(a), self.cache(b))
         labels = pair_components(P)
         ca, cb = self.cache(a), self.cache(b)
         params = dict(fit_options)
@@ -327,21 +335,28 @@ class ModalityGraph:
         split_info = {"fractions": list(self.fractions), "seed": self.seed,
                       "rule": rule if isinstance(rule, str) else ("groups" if rule else "hash"),
                       **{f"n_{k}": int(v.size) for k, v in idx.items()}}
+        if isinstance(rule, dict):
+            split_info["groups"] = {k: [str(g) for g in v] for k, v in rule.items()}
+        from .training import progress_desc
+
         fitted = {}
         kind = translator if isinstance(translator, str) else getattr(translator, "kind", None)
         if directions == "both" and cycle_weight > 0:
             if kind != "mlp":
                 raise InvalidParameter(f"cycle_weight={cycle_weight!r} needs translator='mlp' (both "
                                        f"directions trained together), got translator={kind!r}")
-            fitted = self._fit_pair_with_cycle(a, b, P, idx, labels, translator, params, cycle_weight)
+            with progress_desc(f"{a} <-> {b}"):
+                fitted = self._fit_pair_with_cycle(a, b, P, idx, labels, translator, params,
+                                                   cycle_weight)
         else:
             for src, dst, Q in todo:
                 cs, cd = self.cache(src), self.cache(dst)
                 T = make_translator(translator, **params)
                 tr, va = idx["train"], idx["val"]
-                T.fit(cs.vectors(Q.a_rows[tr]), cd.vectors(Q.b_rows[tr]),
-                      cs.vectors(Q.a_rows[va]), cd.vectors(Q.b_rows[va]),
-                      labels=labels[tr], labels_val=labels[va])
+                with progress_desc(f"{src} -> {dst}"):  # names the training progress bar
+                    T.fit(cs.vectors(Q.a_rows[tr]), cd.vectors(Q.b_rows[tr]),
+                          cs.vectors(Q.a_rows[va]), cd.vectors(Q.b_rows[va]),
+                          labels=labels[tr], labels_val=labels[va])
                 fitted[(src, dst)] = (T, Q)
         if post_steps:
             tr = idx["train"]
@@ -353,7 +368,10 @@ class ModalityGraph:
         reports = {}
         for (src, dst), (T, Q) in fitted.items():
             metrics = self._edge_metrics(T, Q, idx, labels, src, dst)
-            self._put_edge(src, dst, T, metrics, split_info)
+            stored = None if table is None else (
+                {"table": table, "groups": "src"} if (src, dst) == (a, b)
+                else {"table": table.reversed(), "groups": "dst"})
+            self._put_edge(src, dst, T, metrics, dict(split_info), stored)
             reports[(src, dst)] = metrics
         return reports
 
@@ -427,10 +445,47 @@ class ModalityGraph:
                 )
         self._put_edge(a, b, translator, dict(metrics or {}), {})
 
-    def _put_edge(self, a, b, T, metrics, split_info):
+    def _put_edge(self, a, b, T, metrics, split_info, pair_info=None):
         kind = f"{T.base.kind}+{T.steps}" if T.kind == "posthoc" else T.kind
         self.G.add_edge(a, b, translator=T, metrics=metrics, cost=edge_cost(metrics),
-                        kind=kind, split=split_info)
+                        kind=kind, split=split_info, pair_table=pair_info)
+
+    def split_rule(self, a: str, b: str):
+        """The split rule the edge ``a -> b`` (else ``b -> a``) was trained with: ``"prefix"``,
+        a dict of groups, or None (the graph's rule, also when no edge joins them)."""
+        self._check_node(a, b)
+        for u, v in ((a, b), (b, a)):
+            if self.G.has_edge(u, v):
+                return _edge_rule(self.G.edges[u, v])
+        return None
+
+    def edge_pairs(self, a: str, b: str) -> tuple[Pairs, "str | dict | None"]:
+        """The pairs of ``a`` and ``b`` and the split rule, as an edge between them was
+        trained: the pair table stored on edge ``a -> b`` (else on ``b -> a``, reversed) and
+        that edge's rule; without a stored table, the shared ids and the rule of an edge
+        between them (``None``: the graph's rule). Raises :class:`NoPairs` when the nodes
+        share no ids and no edge between them stores a pair table."""
+        self._check_node(a, b)
+        direct = [(u, v) for u, v in ((a, b), (b, a)) if self.G.has_edge(u, v)]
+        for u, v in direct:
+            d = self.G.edges[u, v]
+            info = d.get("pair_table")
+            if info is None:
+                continue
+            T = info["table"]
+            if info["groups"] == "src":
+                P = pair_table(self.cache(u), self.cache(v), T)
+            else:
+                P = pair_table(self.cache(v), self.cache(u), T.reversed()).reversed()
+            return (P if (u, v) == (a, b) else P.reversed()), _edge_rule(d)
+        rule = self.split_rule(a, b)
+        try:
+            P = pair_by_ids(self.cache(a), self.cache(b))
+        except NoPairs as e:
+            raise NoPairs(f"{e}: no edge between {a!r} and {b!r} stores a pair table (edges "
+                          "trained with connect(..., pairs=table) keep theirs); pass "
+                          f"pairs= (a PairTable or a list of ({a!r} id, {b!r} id) pairs)") from e
+        return P, rule
 
     def edge(self, a: str, b: str) -> dict:
         self._check_node(a, b)
@@ -643,6 +698,25 @@ def _check_rows(rows, n: int, node: str) -> np.ndarray:
 
 def _node_attrs(d: dict) -> dict:
     return {k: v for k, v in d.items() if k != "cache"}
+
+
+def _matched_rows(table: PairTable, a: Cache, b: Cache) -> PairTable:
+    """The rows of ``table`` whose ids are ids of both caches (the rows that pair)."""
+    keep = np.isin(table.a_ids, a.ids.astype(str)) & np.isin(table.b_ids, b.ids.astype(str))
+    if keep.all():
+        return table
+    return PairTable(table.a_ids[keep], table.b_ids[keep],
+                     None if table.groups is None else table.groups[keep])
+
+
+def _edge_rule(d: dict):
+    """The split rule an edge was trained with (None: the graph's rule)."""
+    split = d.get("split") or {}
+    if split.get("rule") == "prefix":
+        return "prefix"
+    if isinstance(split.get("groups"), dict):
+        return split["groups"]
+    return None
 
 
 def _as_cache(cache, name) -> Cache | None:

@@ -2,8 +2,9 @@
 
 A saved graph is a folder: ``manifest.json`` (nodes, edges, metrics, cache references,
 the graph's settings and the package version) and ``edges/NNN/{config.json,
-model.safetensors}`` per edge; caches held only in memory are copied to
-``caches/NNN.safetensors``. Nothing is ever unpickled.
+model.safetensors}`` per edge (plus ``pairs.json``, its pair table, for an edge trained
+from one); caches held only in memory are copied to ``caches/NNN.safetensors``. Nothing is
+ever unpickled.
 
 :func:`load_graph` validates the whole manifest before it builds anything: every field
 has the type it must have, every edge folder and stored cache lies inside the graph folder
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BridgeError, CorruptFile, ExternalReference
-from .files import atomic_dir, dumps_json, read_json, recover, resolve_inside
+from .files import atomic_dir, dumps_json, read_json, recover, resolve_inside, write_json
 
 __all__ = ["save_graph", "load_graph", "FORMAT", "FORMAT_VERSION"]
 
@@ -30,6 +31,8 @@ FORMAT = "modality-bridge-graph"
 FORMAT_VERSION = 1
 
 _SPLIT_KEYS = ("train", "val", "test")
+
+PAIRS_FORMAT = "modality-bridge-pairs"
 
 
 def _node_attrs(d: dict) -> dict:
@@ -83,8 +86,12 @@ def save_graph(graph, path, caches: str = "auto", overwrite: bool = False) -> Pa
         for i, (u, v, d) in enumerate(G.edges(data=True)):
             rel = f"edges/{i:03d}"
             d["translator"].save(tmp / rel)
-            edges.append({"src": u, "dst": v, "dir": rel, "kind": d["kind"], "cost": d["cost"],
-                          "metrics": d["metrics"], "split": d.get("split", {})})
+            entry = {"src": u, "dst": v, "dir": rel, "kind": d["kind"], "cost": d["cost"],
+                     "metrics": d["metrics"], "split": d.get("split", {})}
+            if d.get("pair_table") is not None:
+                entry["pairs"] = f"{rel}/pairs.json"
+                write_json(tmp / entry["pairs"], _pairs_json(d["pair_table"]))
+            edges.append(entry)
         settings = _settings(graph)
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                     "bridge_version": __version__, "fractions": list(graph.fractions),
@@ -92,6 +99,14 @@ def save_graph(graph, path, caches: str = "auto", overwrite: bool = False) -> Pa
                     "nodes": nodes, "edges": edges}
         (tmp / "manifest.json").write_text(dumps_json(manifest))
     return path
+
+
+def _pairs_json(info: dict) -> dict:
+    """The stored form of an edge's pair table (``edges/NNN/pairs.json``)."""
+    T = info["table"]
+    return {"format": PAIRS_FORMAT, "groups_from": info["groups"], "a_ids": T.a_ids.tolist(),
+            "b_ids": T.b_ids.tolist(),
+            "groups": None if T.groups is None else T.groups.tolist()}
 
 
 # ---------------------------------------------------------------------------
@@ -255,8 +270,67 @@ def _check_edge(c: _Check, ed, i: int, names: set) -> dict:
             c.fail(f"{f}.metrics.{k}", f"unexpected value {v!r:.40}")
         if isinstance(v, bool) or (k.startswith(("val_", "test_")) and not _is_num(v) and v is not None):
             c.fail(f"{f}.metrics.{k}", f"expected a number or null, got {_show(v)}")
-    c.dict(ed.get("split", {}), f"{f}.split")
+    split = c.dict(ed.get("split", {}), f"{f}.split")
+    if "rule" in split:
+        c.str(split["rule"], f"{f}.split.rule")
+    if "groups" in split:
+        if not isinstance(split["groups"], dict):
+            c.fail(f"{f}.split.groups", f"expected an object of group lists, got {_show(split['groups'])}")
+        _check_splits(c, split["groups"], f"{f}.split.groups")
+    if "pairs" in ed:
+        c.str(ed["pairs"], f"{f}.pairs")
     return ed
+
+
+def _id_list(c: _Check, v, field: str, n: int | None = None) -> list:
+    if not isinstance(v, list):
+        c.fail(field, f"expected a list of id strings, got {_show(v)}")
+    bad = next((i for i, x in enumerate(v) if not isinstance(x, str)), None)
+    if bad is not None:
+        c.fail(f"{field}[{bad}]", f"expected an id string, got {_show(v[bad])}")
+    if n is not None and len(v) != n:
+        c.fail(field, f"expected {n} entries (one per pair), got {len(v)}")
+    return v
+
+
+def _read_pairs(p: Path, field: str) -> dict:
+    """An edge's stored pair table, validated (:class:`CorruptFile` names file and field)."""
+    from .store import PairTable
+
+    if not p.is_file():
+        raise CorruptFile(f"{field}: stored pair table {p} is missing")
+    d = read_json(p, "pair table")
+    c = _Check(p)
+    if not isinstance(d, dict):
+        raise CorruptFile(f"{p}: expected a JSON object, got {_type(d)}")
+    if d.get("format") != PAIRS_FORMAT:
+        c.fail("format", f"{d.get('format')!r}, expected {PAIRS_FORMAT!r}")
+    unknown = sorted(set(d) - {"format", "groups_from", "a_ids", "b_ids", "groups"})
+    if unknown:
+        c.fail(unknown[0], "unknown field; expected format, groups_from, a_ids, b_ids, groups")
+    if d.get("groups_from") not in ("src", "dst"):
+        c.fail("groups_from", f"expected 'src' or 'dst', got {_show(d.get('groups_from'))}")
+    a = _id_list(c, d.get("a_ids"), "a_ids")
+    if not a:
+        c.fail("a_ids", "expected at least one pair, got an empty table")
+    b = _id_list(c, d.get("b_ids"), "b_ids", len(a))
+    groups = d.get("groups")
+    if groups is not None:
+        _id_list(c, groups, "groups", len(a))
+    return {"table": PairTable(a, b, groups), "groups": d["groups_from"]}
+
+
+def _check_pair_ids(p: Path, info: dict, g, src: str, dst: str) -> None:
+    """Every id of a stored pair table is an id of its node's cache (when loaded)."""
+    T = info["table"]
+    for field, ids, node in (("a_ids", T.a_ids, src), ("b_ids", T.b_ids, dst)):
+        cache = g.G.nodes[node].get("cache")
+        if cache is None:
+            continue
+        bad = np.flatnonzero(~np.isin(ids, cache.ids.astype(str)))
+        if bad.size:
+            raise CorruptFile(f"{p}: {field}[{int(bad[0])}]: id {str(ids[bad[0]])!r} is not an "
+                              f"id of node {node!r} ({bad.size} unknown ids)")
 
 
 def _check_tree_inside(root: Path, sub: Path, field: str) -> None:
@@ -345,6 +419,15 @@ def _load_once(path: Path, load_caches: bool, allow_external: bool):
         d = resolve_inside(root, ed["dir"], f)
         _check_tree_inside(root, d, f)
         edge_dirs.append(d)
+    pair_files: list[dict | None] = []
+    for i, ed in enumerate(edges):
+        info = None
+        if "pairs" in ed:
+            f = f"{mpath.name}: edges[{i}].pairs"
+            p = resolve_inside(root, ed["pairs"], f)
+            _check_tree_inside(root, p, f)
+            info = {"path": p, **_read_pairs(p, f)}
+        pair_files.append(info)
     cache_paths: list[Path | None] = []
     for i, nd in enumerate(nodes):
         ref = nd.get("cache") or {}
@@ -394,6 +477,11 @@ def _load_once(path: Path, load_caches: bool, allow_external: bool):
         if "kind" in ed and ed["kind"] != kind:
             c.fail(f"edges[{i}].kind", f"{ed['kind']!r}, but {d / 'config.json'} holds a {kind!r} translator")
         g.G.edges[ed["src"], ed["dst"]]["split"] = ed.get("split", {})
+        info = pair_files[i]
+        if info is not None:
+            _check_pair_ids(info["path"], info, g, ed["src"], ed["dst"])
+            g.G.edges[ed["src"], ed["dst"]]["pair_table"] = {"table": info["table"],
+                                                             "groups": info["groups"]}
     return g
 
 

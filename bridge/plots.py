@@ -17,8 +17,6 @@ atomically.
 from __future__ import annotations
 
 import io
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -58,16 +56,8 @@ _METRIC_LABELS = {
 
 
 def _pyplot():
-    """Import pyplot, choosing the Agg backend when there is no display."""
-    import matplotlib
-
-    if (
-        "matplotlib.pyplot" not in sys.modules
-        and not os.environ.get("MPLBACKEND")
-        and sys.platform.startswith("linux")
-        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    ):
-        matplotlib.use("Agg")
+    """Import pyplot. The backend stays the user's choice (matplotlib itself falls back to
+    Agg where no display is available)."""
     import matplotlib.pyplot as plt
 
     return plt

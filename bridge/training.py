@@ -12,7 +12,11 @@ never ends worse than it on the held-out rows.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
+import functools
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -23,7 +27,21 @@ import torch.nn.functional as F
 from .losses import make_loss
 from .metrics import paired_retrieval
 
-__all__ = ["FitReport", "train", "resolve_device"]
+__all__ = ["FitReport", "train", "resolve_device", "progress_desc"]
+
+#: the progress bar's name when :func:`train` is given no ``desc`` (see :func:`progress_desc`)
+_DESC = contextvars.ContextVar("bridge_training_desc", default="training")
+
+
+@contextlib.contextmanager
+def progress_desc(desc: str):
+    """Name the progress bars of :func:`train` calls made inside the block (a caller that
+    fits through a translator's ``fit``, such as ``ModalityGraph.connect``, names the edge)."""
+    token = _DESC.set(str(desc))
+    try:
+        yield
+    finally:
+        _DESC.reset(token)
 
 
 @dataclass
@@ -69,6 +87,33 @@ def _evaluate(model, X, Y, labels, loss_fn, batch=8192):
     return m["R@1"], m["cos"], vloss
 
 
+def _own_rng(fn):
+    """Run ``fn`` on a fork of torch's random state (CPU, and the CUDA device it trains on):
+    the caller's global generators are left as they were, whatever the training draws."""
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        dev = resolve_device(bound.arguments.get("device"))
+        devices = [] if dev.type != "cuda" else [
+            dev.index if dev.index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=devices):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _seed(seed: int, dev: torch.device) -> None:
+    """Seed the generators dropout draws from on ``dev`` (inside :func:`_own_rng`)."""
+    torch.random.default_generator.manual_seed(seed)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            torch.cuda.manual_seed(seed)
+
+
+@_own_rng
 def train(
     model: torch.nn.Module,
     X,
@@ -89,6 +134,7 @@ def train(
     progress: bool = False,
     reverse: torch.nn.Module | None = None,
     cycle_weight: float = 0.0,
+    desc: str | None = None,
 ) -> tuple[FitReport, FitReport | None]:
     """Train ``model`` to map rows of ``X`` onto ``Y`` (and ``reverse`` back, if given).
 
@@ -97,11 +143,13 @@ def train(
     ``reverse`` both directions train together on the same batches, and
     ``cycle_weight > 0`` adds ``1 - cos(reverse(model(x)), x)`` and its mirror to the
     loss. Returns ``(report, reverse_report or None)``; the models end in ``eval`` mode
-    with their best weights.
+    with their best weights. ``progress=True`` shows a bar named ``desc`` (default: the
+    name :func:`progress_desc` set, else "training") and, at the end, one line on stderr
+    saying why training stopped (early stop, or the epoch limit).
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    torch.manual_seed(seed)
+    _seed(seed, dev)  # on a fork of the global state (see _own_rng)
     gen = torch.Generator().manual_seed(seed)
 
     def tens(a):
@@ -151,7 +199,8 @@ def train(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc="training", unit="epoch", leave=False)
+        desc = _DESC.get() if desc is None else str(desc)
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False)
     epoch = 0
     for epoch in range(1, epochs + 1):
         model.train()
@@ -200,6 +249,8 @@ def train(
             break
     if bar is not None:
         bar.close()
+        print(f"{desc}: {stop_reason(rep.stopped_early, epoch, epochs, best_epoch, has_val)}",
+              file=sys.stderr)
     if best_state is not None:
         _restore(model, reverse, best_state)
     model.eval()
@@ -219,6 +270,16 @@ def train(
     if terms is not None and "infonce" in terms:
         rep.temperature = float(terms["infonce"].temperature.detach())
     return rep, rep_rev
+
+
+def stop_reason(stopped_early: bool, epoch: int, epochs: int, best_epoch: int,
+                has_val: bool) -> str:
+    """Why a run of :func:`train` ended, in words."""
+    if stopped_early:
+        return (f"early stop at epoch {epoch} of {epochs} (val R@1 no better since epoch "
+                f"{best_epoch}; weights of epoch {best_epoch} kept)")
+    tail = f" (best val epoch {best_epoch} kept)" if has_val else " (no val rows: last epoch kept)"
+    return f"stopped at max epochs {epochs}{tail}"
 
 
 def _snapshot(model, reverse):

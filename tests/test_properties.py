@@ -760,7 +760,8 @@ def brute_ranks(S: np.ndarray, rel: list[np.ndarray], tol: float = 0.0,
             above = [int(np.sum(wrong >= S[i, j] - tol)) for j in rs]
         else:
             dup = same if same is not None else np.zeros((S.shape[1],) * 2, bool)
-            above = [int(np.sum((wrong > S[i, j] - tol) | dup[wi, j])) for j in rs]
+            # optimistic: right rows within rounding of each other may come in any order
+            above = sorted(int(np.sum((wrong > S[i, j] - tol) | dup[wi, j])) for j in rs)
         out.append(np.array([1 + k + a for k, a in enumerate(above)], dtype=np.float64))
     return out
 

@@ -1,12 +1,16 @@
 """The estimator contract every translator follows, and its safetensors persistence.
 
-``__init__`` stores hyper-parameters only; ``fit(X, Y)`` checks them against the class's
-``_parameter_constraints`` (see :mod:`bridge.params`; so does :func:`make_translator`,
-which also refuses unknown parameter names), validates shapes, sets
-trailing-underscore state and returns ``self``; ``transform`` before ``fit`` raises
-:class:`~bridge.errors.NotFittedError`. ``save(dir)`` writes ``config.json`` (kind,
-hyper-parameters, dimensions, fit report) and ``model.safetensors`` (the fitted arrays);
-:func:`load_translator` reads them back without unpickling anything.
+Translators are scikit-learn estimators (:class:`sklearn.base.BaseEstimator`):
+``get_params(deep=True)``/``set_params`` (nested ``base__...`` for a wrapper),
+:func:`sklearn.base.clone`, and ``score(X, Y)`` (paired R@1, higher is better), so they
+work inside ``GridSearchCV`` and ``Pipeline``. ``__init__`` stores hyper-parameters
+only; ``fit(X, Y)`` checks them against the class's ``_parameter_constraints`` (see
+:mod:`bridge.params`; so does :func:`make_translator`, which also refuses unknown
+parameter names), validates shapes, sets trailing-underscore state and returns
+``self``; ``transform`` before ``fit`` raises :class:`~bridge.errors.NotFittedError`.
+``save(dir)`` writes ``config.json`` (kind, hyper-parameters, dimensions, fit report)
+and ``model.safetensors`` (the fitted arrays); :func:`load_translator` reads them back
+without unpickling anything.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from ..errors import CorruptFile, DimensionMismatch, InvalidParameter, NotFittedError
 from ..metrics import paired_retrieval
@@ -33,7 +38,7 @@ def register(cls):
     return cls
 
 
-class Translator:
+class Translator(BaseEstimator):
     """Base class: maps rows of one embedding space (dim ``in_dim_``) into another."""
 
     kind = "base"
@@ -48,8 +53,40 @@ class Translator:
         sig = inspect.signature(cls.__init__)
         return [p for p in sig.parameters if p != "self"]
 
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in self._param_names()}
+    @classmethod
+    def _get_param_names(cls) -> list[str]:  # scikit-learn's name for the same list
+        return sorted(cls._param_names())
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Hyper-parameters by name; with ``deep``, also those of a wrapped translator
+        as ``base__name``."""
+        out = {}
+        for k in self._param_names():
+            v = getattr(self, k)
+            out[k] = v
+            if deep and isinstance(v, Translator):
+                out.update((f"{k}__{kk}", vv) for kk, vv in v.get_params(deep=True).items())
+        return out
+
+    def set_params(self, **params):
+        """Set hyper-parameters (``base__name`` reaches a wrapped translator); returns
+        ``self``. Values are checked by :meth:`fit`; an unknown name raises
+        :class:`~bridge.errors.InvalidParameter` here."""
+        names = self._param_names()
+        for key in params:
+            top, _, sub = key.partition("__")
+            if top not in names:
+                raise InvalidParameter(
+                    f"{type(self).__name__} has no parameter {top!r}; expected one of {names}")
+            if sub and not isinstance(getattr(self, top), Translator):
+                raise InvalidParameter(
+                    f"{type(self).__name__}: parameter {top!r} holds "
+                    f"{getattr(self, top)!r}, not a translator; cannot set {key!r}")
+        return super().set_params(**params)
+
+    def _config_params(self) -> dict:
+        """The hyper-parameters ``config.json`` stores (plain values only)."""
+        return self.get_params(deep=False)
 
     @classmethod
     def _validate_param_values(cls, params: dict) -> None:
@@ -63,10 +100,10 @@ class Translator:
         validate_params(cls._parameter_constraints, params, owner=cls.__name__, unknown=False)
 
     def _validate_params(self) -> None:
-        self._validate_param_values(self.get_params())
+        self._validate_param_values(self.get_params(deep=False))
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+    def __repr__(self, N_CHAR_MAX=None) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
         return f"{type(self).__name__}({args})"
 
     # -- contract -----------------------------------------------------------------
@@ -100,6 +137,16 @@ class Translator:
 
     def fit_transform(self, X, Y, **kw) -> np.ndarray:
         return self.fit(X, Y, **kw).transform(X)
+
+    def score(self, X, Y, labels=None) -> float:
+        """Paired R@1 of ``transform(X)`` against ``Y`` (see
+        :func:`bridge.metrics.paired_retrieval`); higher is better, so
+        ``GridSearchCV(translator, grid)`` selects by held-out retrieval."""
+        X, Y = self._check_pair(X, Y, "X", "Y")
+        return float(paired_retrieval(self.transform(X), Y, labels)["R@1"])
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.is_fitted
 
     @property
     def is_fitted(self) -> bool:
@@ -141,7 +188,7 @@ class Translator:
         self._check_fitted()
         return {
             "kind": self.kind,
-            "params": to_jsonable(self.get_params()),
+            "params": to_jsonable(self._config_params()),
             "in_dim": self.in_dim_,
             "out_dim": self.out_dim_,
             "fit_report": to_jsonable(getattr(self, "fit_report_", {})),
@@ -176,8 +223,11 @@ def make_translator(kind: str | Translator, **params) -> Translator:
     ``"relative"``) and hyper-parameters, or an unfitted instance cloned."""
     _ensure_registered()
     if isinstance(kind, Translator):
+        from sklearn.base import clone
+
         cls = type(kind)
-        params = {**kind.get_params(), **params}
+        unfitted = clone(kind)  # a wrapped translator is cloned too
+        params = {**unfitted.get_params(deep=False), **params}
     else:
         if not isinstance(kind, str) or kind not in TRANSLATORS:
             raise InvalidParameter(

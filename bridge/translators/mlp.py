@@ -158,10 +158,12 @@ class MLPTranslator(Translator):
                 "of init='lstsq' or 'procrustes'")
 
     def build(self, in_dim: int, out_dim: int) -> MLPNet:
-        """A fresh (untrained) network of this translator's architecture."""
-        torch.manual_seed(self.seed)
-        return MLPNet(in_dim, out_dim, self.width, self.depth, self.residual, self.dropout,
-                      self.layer_norm, linear_skip=self.init is not None)
+        """A fresh (untrained) network of this translator's architecture, initialised from
+        ``seed`` without touching torch's global random state (it is forked and restored)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(self.seed)
+            return MLPNet(in_dim, out_dim, self.width, self.depth, self.residual,
+                          self.dropout, self.layer_norm, linear_skip=self.init is not None)
 
     def init_network(self, X, Y) -> MLPNet:
         """Build the network and set its linear path from the closed-form solution."""

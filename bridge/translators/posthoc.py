@@ -54,7 +54,12 @@ def _post_error(v):
 
 @register
 class PostHocTranslator(Translator):
-    """``steps`` applied to the outputs of a fitted ``base`` translator."""
+    """``steps`` applied to the outputs of a ``base`` translator.
+
+    A fitted ``base`` is used as it is (its own training pairs and split stay its own); an
+    unfitted one (such as the clone :func:`sklearn.base.clone` makes) is cloned and fitted
+    on the pairs given to :meth:`fit` first. The fitted base is ``base_``.
+    """
 
     kind = "posthoc"
 
@@ -67,14 +72,20 @@ class PostHocTranslator(Translator):
         self.base = base
         self.steps = steps
 
-    def get_params(self) -> dict:
-        return {"steps": self.steps}
+    def _config_params(self) -> dict:
+        return {"steps": self.steps}  # the base is saved whole, under extra.base
 
     def _fit(self, X, Y, X_val, Y_val, labels, labels_val):
-        if self.base is None or not self.base.is_fitted:
-            raise InvalidParameter("PostHocTranslator needs a fitted base translator, got "
-                                   f"{self.base!r}")
-        P = self.base.transform(X)
+        from sklearn.base import clone
+
+        if self.base is None:
+            raise InvalidParameter("PostHocTranslator needs a base translator, got None")
+        if self.base.is_fitted:
+            self.base_ = self.base
+        else:
+            self.base_ = clone(self.base).fit(X, Y, X_val, Y_val, labels=labels,
+                                              labels_val=labels_val)
+        P = self.base_.transform(X)
         self.shift_ = np.zeros(P.shape[1], np.float32)
         self.R_ = None
         if "center" in parse_post(self.steps):
@@ -82,19 +93,19 @@ class PostHocTranslator(Translator):
             P = P + self.shift_
         if "procrustes" in parse_post(self.steps):
             self.R_, self.mx_, self.my_, self.s_ = procrustes_fit(P, Y, center=True, scale=True)
-        return {"base": getattr(self.base, "fit_report_", {}), "steps": self.steps}
+        return {"base": getattr(self.base_, "fit_report_", {}), "steps": self.steps}
 
     def _transform(self, X):
-        P = self.base.transform(X) + self.shift_
+        P = self.base_.transform(X) + self.shift_
         if self.R_ is not None:
             P = affine_apply(P, self.R_, self.my_, self.mx_, self.s_)
         return P
 
     def _extra_config(self) -> dict:
-        return {"base": self.base.config()}
+        return {"base": self.base_.config()}
 
     def _get_state(self):
-        st = {f"base.{k}": v for k, v in self.base._get_state().items()}
+        st = {f"base.{k}": v for k, v in self.base_._get_state().items()}
         st["shift"] = self.shift_
         if self.R_ is not None:
             st.update({"R": self.R_, "mx": self.mx_, "my": self.my_,
@@ -107,7 +118,7 @@ class PostHocTranslator(Translator):
         base.in_dim_, base.out_dim_ = int(bc["in_dim"]), int(bc["out_dim"])
         base.fit_report_ = bc.get("fit_report", {})
         base._set_state({k[5:]: v for k, v in tensors.items() if k.startswith("base.")}, bc)
-        self.base = base
+        self.base = self.base_ = base
         self.shift_ = tensors["shift"]
         self.R_ = tensors.get("R")
         if self.R_ is not None:
