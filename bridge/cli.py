@@ -86,24 +86,51 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Encode text lines, audio files or images into a cache "
                                      "folder. Finished chunks are kept: rerunning after an "
                                      "interruption encodes only what is left.")
-    pb.add_argument("--encoder", required=True,
-                    help="encoder name (e5, minilm, aisfx, resemblyzer, clip, clap, imagebind)")
-    src = pb.add_mutually_exclusive_group(required=True)
+    pb.add_argument("--encoder",
+                    help="encoder name (e5, minilm, sentence-transformers, aisfx, resemblyzer, "
+                         "clip, clap, imagebind); required unless --manifest")
+    src = pb.add_mutually_exclusive_group()
     src.add_argument("--text", help="text file (optionally .gz), one row per line")
     src.add_argument("--audio-dir", help="folder of audio files (sorted by name)")
     src.add_argument("--image-dir", help="folder of image files (sorted by name)")
     src.add_argument("--csv", help="CSV with an id column and an item column")
+    src.add_argument("--manifest",
+                     help="TOML file with one [[cache]] table per cache to build; its keys are "
+                          "these options without '--' (encoder, text, out, sample, ...; meta is "
+                          "a table), paths relative to the manifest's folder; every table is "
+                          "checked before any encoding starts")
     pb.add_argument("--id-column", default="id", help="CSV id column (with --csv)")
     pb.add_argument("--item-column", default=None, help="CSV item column (with --csv)")
     pb.add_argument("--ids", help="file with one id per row (default: row numbers or file stems)")
     pb.add_argument("--limit", type=_int_range(1), default=None, help="encode only the first N rows")
+    pb.add_argument("--sample", type=_int_range(1), default=None, metavar="N",
+                    help="encode N rows spread across the whole (sorted) input instead of the "
+                         "first N: drawn at random with --seed, or every n/N-th row with "
+                         "--sample-mode even; kept in input order")
+    pb.add_argument("--sample-mode", choices=("random", "even"), default="random",
+                    help="how --sample picks rows (default: random)")
+    pb.add_argument("--seed", type=int, default=0, help="seed of --sample random (default 0)")
+    pb.add_argument("--groups", default=None, metavar="COLUMN",
+                    help="CSV column holding each row's group (with --csv), stored as the "
+                         "cache's groups for leave-one-group-out splits")
+    pb.add_argument("--groups-pattern", default=None, metavar="REGEX",
+                    help="regular expression with one capture group, searched in each id (the "
+                         "file stem for --audio-dir/--image-dir), e.g. '_(\\w+)_\\d+$' gives "
+                         "the speaker 'jackson' of the FSDD clip 3_jackson_12")
+    pb.add_argument("--model", default=None,
+                    help="model folder or name (sentence-transformers, clip, clap)")
+    pb.add_argument("--device", default=None,
+                    help="torch device, e.g. cpu or cuda (encoders that take one)")
+    pb.add_argument("--batch-size", type=_int_range(1), default=None,
+                    help="items per forward pass (default: the encoder's own)")
     pb.add_argument("--chunk-size", type=_int_range(1), default=256, help="rows per resumable chunk")
-    pb.add_argument("--out", required=True, help="cache folder to write")
+    pb.add_argument("--out", help="cache folder to write; required unless --manifest")
     pb.add_argument("--overwrite", action="store_true",
                     help="replace --out even when it holds something else than a cache of the "
                          "same encoder (its contents are deleted)")
     pb.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                     help="metadata to store (modality=text, language=de, ...)")
+    pb.set_defaults(cache_parser=pb)
 
     # graph
     pg = sub.add_parser("graph", help="build or inspect graphs")
@@ -111,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     gsub.required = True
     pgb = gsub.add_parser("build", help="build a graph from a TOML spec and train its edges",
                           description="Read a graph spec (see bridge.spec), load the caches, "
-                                      "train every declared edge and save the graph.")
+                                      "train every declared edge in order and save the graph. If an "
+                                      "edge fails, the edges trained before it are saved to the "
+                                      "out folder and the command exits 2 naming the failed edge.")
     pgb.add_argument("spec", help="graph spec (.toml)")
     pgb.add_argument("--out", help="where to save (default: the spec's [graph] out, else graphs/<spec name>)")
     pgb.add_argument("--overwrite", action="store_true",
@@ -223,45 +252,211 @@ def _dispatch(args, parser) -> int:
 
 
 def _cache_build(args) -> int:
-    from .encoders import get_encoder
-    from .encoders.build import build_cache, list_audio_files, list_image_files, read_csv_items, read_lines
+    from .encoders.build import BuildInterrupted
 
-    meta = {}
-    for kv in args.meta:
-        k, sep, v = kv.partition("=")
-        if not sep or not k.strip():
-            raise InvalidParameter(f"--meta expects KEY=VALUE, got {kv!r}")
-        meta[k.strip()] = v
-    enc_kwargs = _encoder_for_source(args)
-    _check_input_path(args)
-    if args.text:
-        items = read_lines(args.text, limit=args.limit)
-        ids = [str(i) for i in range(len(items))]
-    elif args.audio_dir or args.image_dir:
-        files = list_audio_files(args.audio_dir) if args.audio_dir else list_image_files(args.image_dir)
-        files = files[: args.limit] if args.limit else files
-        if not files:
-            raise CorruptFile(f"no {'audio' if args.audio_dir else 'image'} files found in "
-                              f"{args.audio_dir or args.image_dir}")
-        items = [str(f) for f in files]
-        ids = [Path(f).stem for f in files]
-    else:
-        ids, items = read_csv_items(args.csv, args.id_column, args.item_column)
-        ids, items = ids[: args.limit or None], items[: args.limit or None]
-    if args.ids:
-        ids = _read_text(args.ids, "--ids").splitlines()[: len(items)]
-        if len(ids) != len(items):
-            raise InvalidParameter(
-                f"--ids has {len(ids)} ids for {len(items)} rows; expected one id per row")
-    if not items:
-        raise CorruptFile(f"no rows to encode in {args.text or args.csv}")
-    enc = get_encoder(args.encoder, **enc_kwargs)
-    meta.setdefault("encoder", args.encoder)
-    meta.setdefault("modality", enc.modality)
-    cache = build_cache(enc, items, ids, args.out, chunk_size=args.chunk_size, meta=meta, progress=True,
-                        overwrite=args.overwrite)
-    print(f"wrote {args.out}: {len(cache)} rows, dim {cache.dim}")
+    jobs = _manifest_jobs(args) if args.manifest else [_cache_job(args)]
+    for i, job in enumerate(jobs):
+        try:
+            _run_cache_job(job)
+        except BuildInterrupted as e:
+            left = f" ({len(jobs) - i - 1} more caches of the manifest not started)" if i < len(jobs) - 1 else ""
+            print(f"bridge: {e}{left}", file=sys.stderr)
+            return 130
     return 0
+
+
+def _cache_job(args, where: str = "") -> dict:
+    """Everything one cache build needs, read and checked before any encoding starts
+    (``where`` prefixes the errors: the manifest table they come from)."""
+    from .encoders.build import (groups_from_pattern, list_audio_files, list_image_files,
+                                 read_csv_column, read_csv_items, read_lines, sample_rows)
+
+    try:
+        for opt in ("encoder", "out"):
+            if not getattr(args, opt):
+                raise InvalidParameter(f"--{opt} is required (or pass --manifest)")
+        if not (args.text or args.audio_dir or args.image_dir or args.csv):
+            raise InvalidParameter("one of --text, --audio-dir, --image-dir, --csv or --manifest "
+                                   "is required")
+        if args.limit and args.sample:
+            raise InvalidParameter("--limit takes the first N rows and --sample N rows across the "
+                                   "input; pass one of them")
+        if args.groups and not args.csv:
+            raise InvalidParameter("--groups names a CSV column and needs --csv; use "
+                                   "--groups-pattern for file names or ids")
+        if args.groups and args.groups_pattern:
+            raise InvalidParameter("pass one of --groups and --groups-pattern")
+        meta = {}
+        for kv in args.meta:
+            k, sep, v = kv.partition("=")
+            if not sep or not k.strip():
+                raise InvalidParameter(f"--meta expects KEY=VALUE, got {kv!r}")
+            meta[k.strip()] = v
+        enc_kwargs = {**_encoder_for_source(args), **_encoder_options(args)}
+        _check_input_path(args)
+        groups = None
+        if args.text:
+            items = read_lines(args.text, limit=args.limit)
+            ids = [str(i) for i in range(len(items))]
+        elif args.audio_dir or args.image_dir:
+            files = list_audio_files(args.audio_dir) if args.audio_dir else list_image_files(args.image_dir)
+            files = files[: args.limit] if args.limit else files
+            if not files:
+                raise CorruptFile(f"no {'audio' if args.audio_dir else 'image'} files found in "
+                                  f"{args.audio_dir or args.image_dir}")
+            items = [str(f) for f in files]
+            ids = [Path(f).stem for f in files]
+        else:
+            ids, items = read_csv_items(args.csv, args.id_column, args.item_column)
+            if args.groups:
+                groups = read_csv_column(args.csv, args.groups)
+            ids, items = ids[: args.limit or None], items[: args.limit or None]
+            groups = groups[: args.limit or None] if groups is not None else None
+        if args.ids:
+            ids = _read_text(args.ids, "--ids").splitlines()[: len(items)]
+            if len(ids) != len(items):
+                raise InvalidParameter(
+                    f"--ids has {len(ids)} ids for {len(items)} rows; expected one id per row")
+        if not items:
+            raise CorruptFile(f"no rows to encode in {args.text or args.csv}")
+        if args.sample:
+            keep = sample_rows(len(items), args.sample, seed=args.seed, how=args.sample_mode)
+            items, ids = [items[i] for i in keep], [ids[i] for i in keep]
+            groups = [groups[i] for i in keep] if groups is not None else None
+        if args.groups_pattern:
+            try:
+                groups = groups_from_pattern(ids, args.groups_pattern)
+            except InvalidParameter as e:
+                e.args = (f"--groups-pattern: {e.args[0]}",)
+                raise
+        from .files import check_replace
+
+        check_replace(args.out, ("cache", "cache-build"), args.overwrite)
+    except BridgeError as e:
+        if where:
+            e.args = (f"{where}: {e.args[0]}",) + tuple(e.args[1:])
+        raise
+    return {"encoder": args.encoder, "kwargs": enc_kwargs, "items": items, "ids": ids,
+            "groups": groups, "meta": meta, "out": args.out, "chunk_size": args.chunk_size,
+            "batch_size": args.batch_size, "overwrite": args.overwrite}
+
+
+def _run_cache_job(job: dict) -> None:
+    from .encoders import get_encoder
+    from .encoders.build import build_cache
+
+    enc = get_encoder(job["encoder"], **job["kwargs"])
+    meta = job["meta"]
+    meta.setdefault("encoder", job["encoder"])
+    meta.setdefault("modality", enc.modality)
+    cache = build_cache(enc, job["items"], job["ids"], job["out"], chunk_size=job["chunk_size"],
+                        groups=job["groups"], meta=meta, progress=True,
+                        batch_size=job["batch_size"], overwrite=job["overwrite"])
+    print(f"wrote {job['out']}: {len(cache)} rows, dim {cache.dim}")
+
+
+def _encoder_options(args) -> dict:
+    """``--model`` / ``--device`` as constructor arguments of the chosen encoder; an
+    encoder that takes no such argument is refused, naming the option."""
+    import inspect
+
+    from .encoders import encoder_class
+
+    params = inspect.signature(encoder_class(args.encoder).__init__).parameters
+    out = {}
+    for opt, key in (("--model", "model"), ("--device", "device")):
+        value = getattr(args, key)
+        if value is None:
+            if key in params and params[key].default is inspect.Parameter.empty:
+                raise InvalidParameter(f"encoder {args.encoder!r} needs {opt} (a local folder "
+                                       "or a model name)")
+            continue
+        if key not in params:
+            takes = [o for o, k in (("--model", "model"), ("--device", "device")) if k in params]
+            raise InvalidParameter(
+                f"encoder {args.encoder!r} does not take {opt} (got {value!r}); it takes "
+                f"{', '.join(takes) if takes else 'neither --model nor --device'}")
+        out[key] = value
+    return out
+
+
+def _manifest_jobs(args) -> list[dict]:
+    """One job per ``[[cache]]`` table of ``--manifest``, all checked before any runs."""
+    import argparse
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    others = [o for o, v in (("--encoder", args.encoder), ("--out", args.out), ("--ids", args.ids),
+                             ("--limit", args.limit), ("--sample", args.sample),
+                             ("--groups", args.groups), ("--groups-pattern", args.groups_pattern),
+                             ("--model", args.model), ("--device", args.device),
+                             ("--batch-size", args.batch_size)) if v is not None]
+    if others or args.meta:
+        raise InvalidParameter(f"--manifest: put {', '.join(others) or '--meta'} in the [[cache]] "
+                               "tables, not on the command line")
+    text = _read_text(args.manifest, "--manifest")
+    try:
+        doc = tomllib.loads(text)
+    except ValueError as e:
+        raise CorruptFile(f"--manifest: {args.manifest} is not valid TOML ({e})") from None
+    tables = doc.get("cache")
+    extra = sorted(set(doc) - {"cache"})
+    if extra:
+        raise InvalidParameter(f"--manifest: unknown top-level keys {extra}; expected [[cache]] tables")
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise InvalidParameter(f"--manifest: {args.manifest} needs at least one [[cache]] table")
+    actions = {a.dest: a for a in args.cache_parser._actions if a.dest not in ("help", "manifest")}
+    jobs, outs = [], {}
+    for i, table in enumerate(tables, 1):
+        where = f"--manifest [[cache]] #{i}"
+        ns = argparse.Namespace(**{d: a.default for d, a in actions.items()}, manifest=None)
+        ns.meta = []
+        ns.overwrite = args.overwrite
+        for key, value in table.items():
+            dest = key.replace("-", "_")
+            if dest not in actions or dest == "cache_parser":
+                raise InvalidParameter(f"{where}: unknown key {key!r}; expected one of "
+                                       f"{sorted(k.replace('_', '-') for k in actions if k != 'cache_parser')}")
+            act = actions[dest]
+            if dest == "meta":
+                if not isinstance(value, dict):
+                    raise InvalidParameter(f"{where}: meta must be a table of KEY = VALUE, got {value!r}")
+                ns.meta = [f"{k}={v}" for k, v in value.items()]
+                continue
+            if act.nargs == 0:  # a flag
+                if not isinstance(value, bool):
+                    raise InvalidParameter(f"{where}: {key} must be true or false, got {value!r}")
+            elif isinstance(value, (dict, list, bool)):
+                raise InvalidParameter(f"{where}: {key} must be a string or a number, got {value!r}")
+            elif act.type is not None:
+                try:
+                    value = act.type(str(value))
+                except (argparse.ArgumentTypeError, ValueError) as e:
+                    raise InvalidParameter(f"{where}: {key}: {e}") from None
+            else:
+                value = str(value)
+            if act.choices is not None and value not in act.choices:
+                raise InvalidParameter(f"{where}: {key} must be one of {list(act.choices)}, got {value!r}")
+            setattr(ns, dest, value)
+        base = Path(args.manifest).resolve().parent  # paths are relative to the manifest
+        for dest in ("text", "audio_dir", "image_dir", "csv", "ids", "out", "model"):
+            v = getattr(ns, dest)
+            if v and not Path(v).is_absolute() and (dest != "model" or (base / v).exists()):
+                setattr(ns, dest, str(base / v))
+        srcs = [o for o in ("text", "audio_dir", "image_dir", "csv") if getattr(ns, o)]
+        if len(srcs) > 1:
+            raise InvalidParameter(f"{where}: pass one input of text, audio-dir, image-dir, csv; "
+                                   f"got {', '.join(s.replace('_', '-') for s in srcs)}")
+        job = _cache_job(ns, where)
+        key = str(Path(job["out"]).resolve())
+        if key in outs:
+            raise InvalidParameter(f"{where}: out {job['out']!r} is also the out of [[cache]] #{outs[key]}")
+        outs[key] = i
+        jobs.append(job)
+    return jobs
 
 
 def _source_modality(args) -> str | None:
@@ -339,14 +534,24 @@ def _check_nodes(g, names, opt: str) -> None:
 
 
 def _graph_build(args) -> int:
-    from .spec import build_graph_from_spec, load_spec
+    from .spec import EdgeFailed, build_graph_from_spec, load_spec
 
     spec = load_spec(args.spec)
     out = args.out or spec["graph"].get("out") or str(Path("graphs") / Path(args.spec).stem)
     from .files import check_replace
 
     check_replace(out, "graph", getattr(args, "overwrite", False))  # before anything trains
-    graph = build_graph_from_spec(spec, progress=True)
+    try:
+        graph = build_graph_from_spec(spec, progress=True)
+    except EdgeFailed as e:  # keep the edges trained before the failing one
+        if e.trained == 0:
+            print(f"bridge: error: {e}; no edge was trained before it, nothing saved",
+                  file=sys.stderr)
+            return 2
+        e.graph.save(out, overwrite=args.overwrite)
+        print(f"bridge: error: {e}; saved the graph of the {e.trained} edge(s) trained before it "
+              f"({len(e.graph.edges)} directed) to {out}", file=sys.stderr)
+        return 2
     graph.save(out, overwrite=args.overwrite)
     print(f"saved graph with {len(graph.nodes)} nodes and {len(graph.edges)} edges to {out}")
     return 0

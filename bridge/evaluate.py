@@ -67,7 +67,7 @@ def _translated(graph, src: str, rows, route, k: int = 1):
     """Rows ``rows`` of ``src``'s cache translated along ``route`` lazily, block by block."""
     from .chunks import MappedRows
 
-    r = route if k > 1 else graph._as_route(route)
+    r = route if k > 1 else graph.as_route(route)
     dst = r[-1] if k > 1 else r.nodes[-1]
     return MappedRows(graph.cache(src).emb, rows,
                       lambda x: graph.translate(x, r, k=k), graph.node(dst)["dim"])
@@ -96,7 +96,7 @@ def evaluate_route(graph, src: str, dst: str, route=None, k: int = 1, pairs=None
         routes = routes if isinstance(routes, list) else [routes]
         y = _translated(graph, src, h.q_rows, (src, dst) if k > 1 else routes[0], k)
     else:
-        routes = [graph._as_route(route)]
+        routes = [graph.as_route(route)]
         y = _translated(graph, src, h.q_rows, routes[0])
     # queries are translated and the gallery read block by block by the rank engine
     gallery = RowView(graph.cache(dst).emb, h.g_rows)
@@ -158,7 +158,7 @@ def fusion_routes(graph, src: str, galleries=None, routes=None, k: int = 1) -> l
     :class:`~bridge.planner.Route`), else the ``k`` cheapest routes from ``src`` to each
     gallery node."""
     if routes:
-        out = [graph._as_route(r) for r in routes]
+        out = [graph.as_route(r) for r in routes]
         bad = [r for r in out if r.nodes[0] != src]
         if bad:
             raise BridgeError(f"route {list(bad[0].nodes)} does not start at {src!r}")

@@ -33,20 +33,18 @@ import numpy as np
 from .errors import BridgeError, DimensionMismatch, EmptyData, InvalidParameter
 from .retrieval import (
     ENGINE_CELLS,
-    _check_index_options,
-    _keys,
-    _metrics_from_csr,
-    _rank_engine,
-    _relevance_csr,
-    _source,
-    _check_k,
-    _check_ks,
-    _ranks_dense,
-    _ranks_from_lists,
     as_relevance,
     build_index,
+    check_index_options,
+    check_k,
+    check_ks,
+    metrics_from_csr,
     metrics_from_ranks,
     normalize,
+    rank_engine,
+    ranks_from_lists,
+    relevance_csr,
+    row_source,
 )
 
 __all__ = ["FUSION_METHODS", "fuse_scores", "fused_search", "fused_metrics",
@@ -115,7 +113,7 @@ class _Moments:
     """
 
     def __init__(self, g, name: str = "gallery"):
-        n, d, block, _ = _source(g, name, False)
+        n, d, block, _ = row_source(g, name, False)
         mu, second = np.zeros(d), np.zeros((d, d))
         step = max(1, ENGINE_CELLS // max(d, 1))
         for s in range(0, n, step):
@@ -145,6 +143,13 @@ def _dense_block(Qb, Gn, moments, method, w):
     return F
 
 
+def _keys(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Order-preserving uint64 keys of (row, float32 value): sorts by row, then value."""
+    u = (v + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0
+    u = np.where(u & np.uint32(0x80000000), ~u, u | np.uint32(0x80000000))
+    return (rows.astype(np.uint64) << np.uint64(32)) | u.astype(np.uint64)
+
+
 def _competition_ranks(S: np.ndarray) -> np.ndarray:
     """Rank of every entry within its row, best first, ties pessimistic: the number of
     entries of the row scoring at least as high (equal scores share the worst rank)."""
@@ -172,10 +177,10 @@ def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
     ``(scores, rows)``, best first, ``min(k, n_gallery)`` columns (``rows`` is ``-1`` where
     fewer were found).
     """
-    k = _check_k(k)
-    candidates = _check_k(candidates, "candidates")
+    k = check_k(k)
+    candidates = check_k(candidates, "candidates")
     _check_method(method)
-    _check_index_options(kind, index_opts)
+    check_index_options(kind, index_opts)
     Qn, Gn = _normalised(*_views(Q, G))
     w = _weights(method, weights, len(Qn))
     ng = Gn[0].shape[0]
@@ -213,12 +218,12 @@ def fused_metrics(Q, G, relevant=None, method: str = "zscore", weights=None, ks=
     ``candidates=None`` scores every gallery row (exact ranks). An integer uses
     :func:`fused_search`: a right row outside the fused candidate list counts as not found.
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     _check_method(method)
-    candidates = _check_k(candidates, "candidates", allow_none=True)
-    block = _check_k(block, "block")
-    _check_index_options(index_opts.get("kind", "flat"),
-                         {k: v for k, v in index_opts.items() if k != "kind"})
+    candidates = check_k(candidates, "candidates", allow_none=True)
+    block = check_k(block, "block")
+    check_index_options(index_opts.get("kind", "flat"),
+                        {k: v for k, v in index_opts.items() if k != "kind"})
     Qn, Gn = _views(Q, G)
     nq, ng = Qn[0].shape[0], Gn[0].shape[0]
     if candidates is not None:
@@ -226,11 +231,11 @@ def fused_metrics(Q, G, relevant=None, method: str = "zscore", weights=None, ks=
     w = _weights(method, weights, len(Qn))
     ks = tuple(int(k) for k in ks)
     if candidates is None and method != "rrf":
-        indptr, rows = _relevance_csr(relevant, nq, ng)
+        indptr, rows = relevance_csr(relevant, nq, ng)
         if np.any(np.diff(indptr) == 0):
             as_relevance(relevant, nq, ng)  # raises, naming the query without a right row
         ranks = _fused_ranks(Qn, Gn, indptr, rows, w, [_Moments(g) for g in Gn], block)
-        m = _metrics_from_csr(indptr, ranks, ks)
+        m = metrics_from_csr(indptr, ranks, ks)
         m.update({"n_gallery": int(ng), "method": method, "routes": len(Qn),
                   "candidates": candidates})
         return m
@@ -240,7 +245,7 @@ def fused_metrics(Q, G, relevant=None, method: str = "zscore", weights=None, ks=
     else:
         scores, rows = fused_search(Qn, Gn, k=int(candidates) * len(Qn), method=method,
                                     weights=w, candidates=candidates, **index_opts)
-        ranks = _ranks_from_lists(rows, rel, scores)
+        ranks = ranks_from_lists(rows, rel, scores)
     m = metrics_from_ranks(ranks, ks)
     m.update({"n_gallery": int(ng), "method": method, "routes": len(Qn),
               "candidates": candidates})
@@ -255,8 +260,8 @@ def _fused_ranks(Qs, Gs, indptr, rows, w, moments, block: int) -> np.ndarray:
     ``w_r / sd_r``: the engine ranks that product with the galleries streaming by blocks
     (no score matrix of the whole gallery, no normalised copy of any view).
     """
-    qs = [_source(q, f"queries of route {r}", False) for r, q in enumerate(Qs)]
-    gs = [_source(g, f"gallery of route {r}", False) for r, g in enumerate(Gs)]
+    qs = [row_source(q, f"queries of route {r}", False) for r, q in enumerate(Qs)]
+    gs = [row_source(g, f"gallery of route {r}", False) for r, g in enumerate(Gs)]
     nq, ng = qs[0][0], gs[0][0]
     dim = sum(g[1] for g in gs)
     plain = len(Qs) == 1 and w[0] > 0  # a positive scale changes no ranking
@@ -280,14 +285,25 @@ def _fused_ranks(Qs, Gs, indptr, rows, w, moments, block: int) -> np.ndarray:
     def grows(idx):
         return np.ascontiguousarray(np.concatenate([g[3](idx) for g in gs], axis=1))
 
-    return _rank_engine(qblock, gblock, grows, nq, ng, dim, indptr, rows, block)
+    return rank_engine(qblock, gblock, grows, nq, ng, dim, indptr, rows, block)
+
+
+def _ranks_dense(scores: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """Ranks of the right rows ``rel`` within one query's full score row (pessimistic ties)."""
+    mask = np.zeros(scores.shape[0], dtype=bool)
+    mask[rel] = True
+    wrong = np.sort(scores[~mask])
+    rs = np.sort(scores[rel])[::-1]
+    # wrong rows scoring >= each right score, plus the right rows ahead of it
+    above = wrong.size - np.searchsorted(wrong, rs, side="left")
+    return above + np.arange(1, rs.size + 1)
 
 
 def _rrf_ranks(Qs, Gs, rel, block: int) -> list[np.ndarray]:
     """Ranks under reciprocal-rank fusion: a few queries at a time get every route's full
     score rows (the galleries stream by blocks into them), so memory stays bounded."""
-    qs = [_source(q, f"queries of route {r}", False) for r, q in enumerate(Qs)]
-    gs = [_source(g, f"gallery of route {r}", False) for r, g in enumerate(Gs)]
+    qs = [row_source(q, f"queries of route {r}", False) for r, q in enumerate(Qs)]
+    gs = [row_source(g, f"gallery of route {r}", False) for r, g in enumerate(Gs)]
     nq, ng = qs[0][0], gs[0][0]
     b = max(1, min(block, ENGINE_CELLS // max(ng, 1)))
     step = max(1, ENGINE_CELLS // max(b, 1))
@@ -341,7 +357,7 @@ def fit_route_weights(Q, G, relevant=None, step: float = 0.1, metric: str = "R@1
     Qn, Gn = _views(Q, G)
     n = len(Qn)
     nq, ng = Qn[0].shape[0], Gn[0].shape[0]
-    indptr, rows = _relevance_csr(relevant, nq, ng)
+    indptr, rows = relevance_csr(relevant, nq, ng)
     if np.any(np.diff(indptr) == 0):
         as_relevance(relevant, nq, ng)  # raises, naming the query without a right row
     moments = [_Moments(g) for g in Gn]
@@ -349,7 +365,7 @@ def fit_route_weights(Q, G, relevant=None, step: float = 0.1, metric: str = "R@1
     for wv in simplex_grid(n, step):
         # each candidate weighting is ranked exactly by the streamed engine
         ranks = _fused_ranks(Qn, Gn, indptr, rows, wv, moments, 1024)
-        m = _metrics_from_csr(indptr, ranks, (1, 5, 10))
+        m = metrics_from_csr(indptr, ranks, (1, 5, 10))
         key = (round(m[metric], 9), round(m["MRR"], 9), -float(np.abs(wv - 1.0 / n).sum()))
         if best_key is None or key > best_key:
             best, best_key = wv, key

@@ -297,7 +297,8 @@ class ModalityGraph:
         ``loss`` and ``fit_options`` go to it (``loss`` only for ``"mlp"``).
         ``directions`` is ``"both"``, ``"forward"`` (a -> b) or ``"backward"`` (b -> a).
         With ``directions="both"``, an MLP and ``cycle_weight > 0``, both directions are
-        trained together with a cycle-consistency term. ``post`` adds post-hoc alignment
+        trained together with a cycle-consistency term
+        (:meth:`~bridge.translators.MLPTranslator.fit_pair`). ``post`` adds post-hoc alignment
         fitted on the training pairs after training (``"center"``, ``"procrustes"`` or
         ``"center+procrustes"``, see :class:`~bridge.translators.PostHocTranslator`).
 
@@ -320,7 +321,7 @@ class ModalityGraph:
         table = None if pairs is None or isinstance(pairs, Pairs) else as_pair_table(pairs)
         P = self.pairs(a, b, pairs if table is None else table)
         idx = self.split(P, splits)
-        self._check_split_sizes(a, b, P, idx, self.splits if splits is None else splits)
+        self.check_split_sizes(a, b, P, idx, self.splits if splits is None else splits)
         if table is not None:
             table = _matched_rows(table, self.cache(a), self.cache(b))
         labels = pair_components(P)
@@ -345,9 +346,13 @@ class ModalityGraph:
             if kind != "mlp":
                 raise InvalidParameter(f"cycle_weight={cycle_weight!r} needs translator='mlp' (both "
                                        f"directions trained together), got translator={kind!r}")
+            tr, va = idx["train"], idx["val"]
             with progress_desc(f"{a} <-> {b}"):
-                fitted = self._fit_pair_with_cycle(a, b, P, idx, labels, translator, params,
-                                                   cycle_weight)
+                fwd, bwd = make_translator(translator, **params).fit_pair(
+                    ca.vectors(P.a_rows[tr]), cb.vectors(P.b_rows[tr]),
+                    ca.vectors(P.a_rows[va]), cb.vectors(P.b_rows[va]),
+                    labels=labels[tr], labels_val=labels[va], cycle_weight=cycle_weight)
+            fitted = {(a, b): (fwd, P), (b, a): (bwd, P.reversed())}
         else:
             for src, dst, Q in todo:
                 cs, cd = self.cache(src), self.cache(dst)
@@ -375,14 +380,27 @@ class ModalityGraph:
             reports[(src, dst)] = metrics
         return reports
 
-    def _check_split_sizes(self, a, b, P: Pairs, idx, rule) -> None:
-        """Refuse a split too small to train or score an edge; warn when val is small."""
+    def check_split_sizes(self, a, b, P: Pairs, idx, rule) -> None:
+        """Refuse a split too small to train or score an edge ``a -> b``; warn when val is small.
+
+        ``idx`` is :meth:`split`'s result for ``P`` under ``rule``. Fewer than ``min_train``
+        training or ``min_val`` validation pairs raise :class:`NoPairs` naming the counts and
+        the rule; fewer than ``warn_val`` validation pairs warn with
+        :class:`~bridge.errors.SmallSampleWarning`. :meth:`connect` calls it before training.
+        """
         counts = {k: int(v.size) for k, v in idx.items()}
         shown = ", ".join(f"{k} {v}" for k, v in counts.items())
         rule_name = (f"{rule!r}" if isinstance(rule, str) else "a dict of groups" if rule
                      else f"hash split with fractions {list(self.fractions)}, seed {self.seed}")
         where = (f"edge {a!r} -> {b!r}: {len(P)} pairs in {len(np.unique(P.groups))} groups "
                  f"split by {rule_name} into {shown}")
+        if rule == "prefix" and (counts["train"] < self.min_train or counts["val"] < self.min_val):
+            bare = [str(g) for g in P.groups if str(g).split(":", 1)[0] not in ("train", "val", "test")]
+            if bare:  # the real cause: rows without a split prefix belong to no split
+                raise NoPairs(f"edge {a!r} -> {b!r}: ids of node {a!r} have no train:/val:/test: "
+                              f"prefix (first id: {bare[0]!r}); build the cache with "
+                              "concat_caches or use splits = {train/val/test: groups} (or no rule: "
+                              "the hash split)")
         for key, least in (("train", self.min_train), ("val", self.min_val)):
             if counts[key] == 0:
                 raise NoPairs(f"{where}; the {key} split holds no pairs; more paired groups "
@@ -395,26 +413,6 @@ class ModalityGraph:
             warnings.warn(f"{where}; its val R@1 is measured on only {counts['val']} pairs "
                           f"(fewer than warn_val={self.warn_val}): a rough figure, which the "
                           "edge's cost discounts", SmallSampleWarning, stacklevel=3)
-
-    def _fit_pair_with_cycle(self, a, b, P, idx, labels, translator, params, cycle_weight):
-        from .training import train
-        from .translators import make_translator
-
-        ca, cb = self.cache(a), self.cache(b)
-        tr, va = idx["train"], idx["val"]
-        Xa, Xb = ca.vectors(P.a_rows[tr]), cb.vectors(P.b_rows[tr])
-        Va, Vb = ca.vectors(P.a_rows[va]), cb.vectors(P.b_rows[va])
-        fwd = make_translator(translator, **params)
-        bwd = make_translator(translator, **params)
-        fwd.in_dim_, fwd.out_dim_ = Xa.shape[1], Xb.shape[1]
-        bwd.in_dim_, bwd.out_dim_ = Xb.shape[1], Xa.shape[1]
-        fwd.net_, bwd.net_ = fwd.init_network(Xa, Xb), bwd.init_network(Xb, Xa)
-        r1, r2 = train(fwd.net_, Xa, Xb, Va, Vb, labels=labels[tr], labels_val=labels[va],
-                       reverse=bwd.net_, cycle_weight=cycle_weight, **fwd._train_options())
-        for T, r in ((fwd, r1), (bwd, r2)):
-            T.net_.cpu().eval()
-            T.fit_report_ = {**r.to_dict(), "cycle_weight": cycle_weight, "n_train": int(tr.size)}
-        return {(a, b): (fwd, P), (b, a): (bwd, P.reversed())}
 
     def _edge_metrics(self, T, Q: Pairs, idx, labels, src, dst) -> dict:
         from .metrics import paired_retrieval
@@ -436,7 +434,7 @@ class ModalityGraph:
     def add_edge(self, a: str, b: str, translator, metrics: dict | None = None) -> None:
         """Put an already fitted translator on edge ``a -> b``."""
         self._check_node(a, b)
-        translator._check_fitted()
+        translator.check_fitted()
         for node, dim, side in ((a, translator.in_dim_, "input"), (b, translator.out_dim_, "output")):
             if self.G.nodes[node]["dim"] != dim:
                 raise DimensionMismatch(
@@ -502,7 +500,10 @@ class ModalityGraph:
         routes = k_best_routes(self.G, src, dst, k=k, weight=weight)
         return routes[0] if k == 1 else routes
 
-    def _as_route(self, route) -> Route:
+    def as_route(self, route) -> Route:
+        """``route`` as a :class:`Route`: a Route as it is; a list of nodes joined by edges,
+        with its cost; ``(src, dst)`` with no edge between them, the cheapest planned route.
+        Raises :class:`~bridge.errors.UnknownNode` for a node not in the graph."""
         if isinstance(route, Route):
             return route
         nodes = tuple(route)
@@ -550,7 +551,7 @@ class ModalityGraph:
                 w = np.exp(-np.array([r.cost for r in routes], dtype=np.float64))
             w = (w / w.sum()).astype(np.float32)
         else:
-            routes, w = [self._as_route(route)], None
+            routes, w = [self.as_route(route)], None
         src, dst = routes[0].src, routes[0].nodes[-1]
         x = check_header(x, "x", dim=self.G.nodes[src]["dim"])
         n, d_out = int(x.shape[0]), int(self.G.nodes[dst]["dim"])

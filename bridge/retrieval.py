@@ -44,6 +44,15 @@ __all__ = [
     "retrieval_metrics",
     "bidirectional_metrics",
     "recovery_ratio",
+    # building blocks of the exact rank engine, shared with bridge.fusion
+    "check_k",
+    "check_ks",
+    "check_index_options",
+    "relevance_csr",
+    "row_source",
+    "rank_engine",
+    "metrics_from_csr",
+    "ranks_from_lists",
 ]
 
 INDEX_KINDS = ("flat", "hnsw", "ivf")
@@ -53,15 +62,17 @@ INDEX_OPTIONS = ("hnsw_m", "ef_search", "nlist", "nprobe", "seed")
 # -- argument checks (before any Faiss call: a bad value is an error naming it, never a
 # Faiss assertion) ----------------------------------------------------------------------
 
-def _check_k(k, name: str = "k", low: int = 1, allow_none: bool = False) -> int | None:
-    """``k`` as an int >= ``low`` (bools and non-integral numbers refused)."""
+def check_k(k, name: str = "k", low: int = 1, allow_none: bool = False) -> int | None:
+    """``k`` as an int >= ``low`` (bools and non-integral numbers refused); ``None`` passes
+    with ``allow_none``. Raises :class:`~bridge.errors.InvalidParameter` naming ``name``."""
     from .params import check_int
 
     return check_int(name, k, low=low, allow_none=allow_none)
 
 
-def _check_ks(ks, name: str = "ks") -> tuple[int, ...]:
-    """A non-empty sequence of cut-offs, each an int >= 1."""
+def check_ks(ks, name: str = "ks") -> tuple[int, ...]:
+    """``ks`` as a tuple of cut-offs (R@K): a non-empty sequence, each an int >= 1; else
+    :class:`~bridge.errors.InvalidParameter` naming ``name``."""
     if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
         raise InvalidParameter(f"parameter {name!r} must be a non-empty sequence of integers "
                                f">= 1, got {ks!r}")
@@ -70,7 +81,7 @@ def _check_ks(ks, name: str = "ks") -> tuple[int, ...]:
         raise InvalidParameter(f"parameter {name!r} must be a non-empty sequence of integers "
                                f">= 1, got {ks!r}")
     for k in ks:
-        _check_k(k, f"{name} entry")
+        check_k(k, f"{name} entry")
     return tuple(int(k) for k in ks)
 
 
@@ -80,23 +91,25 @@ def _check_kind(kind) -> str:
     return kind
 
 
-def _check_index_options(kind, opts: dict, n: int | None = None) -> None:
-    """Index options known, of the right type and range (``nlist`` at most ``n`` rows)."""
+def check_index_options(kind, opts: dict, n: int | None = None) -> None:
+    """Check index options for :func:`build_index` of ``kind``: every name one of
+    :data:`INDEX_OPTIONS`, of the right type and range (``nlist`` at most ``n`` rows);
+    else :class:`~bridge.errors.InvalidParameter` naming the option."""
     _check_kind(kind)
     bad = [k for k in opts if k not in INDEX_OPTIONS]
     if bad:
         raise InvalidParameter(f"unknown index option {bad[0]!r}; expected one of "
                                f"{list(INDEX_OPTIONS)}")
     if "hnsw_m" in opts:
-        _check_k(opts["hnsw_m"], "hnsw_m", low=2)
+        check_k(opts["hnsw_m"], "hnsw_m", low=2)
     if "ef_search" in opts:
-        _check_k(opts["ef_search"], "ef_search")
+        check_k(opts["ef_search"], "ef_search")
     if "nprobe" in opts:
-        _check_k(opts["nprobe"], "nprobe")
+        check_k(opts["nprobe"], "nprobe")
     if "seed" in opts:
-        _check_k(opts["seed"], "seed", low=0)
+        check_k(opts["seed"], "seed", low=0)
     if opts.get("nlist") is not None:
-        _check_k(opts["nlist"], "nlist")
+        check_k(opts["nlist"], "nlist")
         if kind == "ivf" and n is not None and opts["nlist"] > n:
             raise InvalidParameter(
                 f"parameter 'nlist' must be at most the number of gallery rows ({n}) for an "
@@ -131,8 +144,8 @@ def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int
     _check_kind(kind)
     g = gallery if normalized else normalize(gallery, "gallery")
     n, d = g.shape
-    _check_index_options(kind, {"hnsw_m": hnsw_m, "ef_search": ef_search, "nlist": nlist,
-                                "nprobe": nprobe, "seed": seed}, n)
+    check_index_options(kind, {"hnsw_m": hnsw_m, "ef_search": ef_search, "nlist": nlist,
+                               "nprobe": nprobe, "seed": seed}, n)
     import faiss
 
     if kind == "flat":
@@ -157,8 +170,8 @@ def search(queries, gallery_or_index, k: int = 10, kind: str = "flat", **index_o
     ``gallery_or_index`` is an array (an index of ``kind`` is built over it) or an index
     from :func:`build_index`. Missing results (fewer than ``k`` found) have row ``-1``.
     """
-    k = _check_k(k)
-    _check_index_options(kind, index_opts)
+    k = check_k(k)
+    check_index_options(kind, index_opts)
     q = normalize(queries, "queries")
     if isinstance(gallery_or_index, np.ndarray) or hasattr(gallery_or_index, "detach"):
         index = build_index(gallery_or_index, kind, **index_opts)
@@ -206,17 +219,6 @@ def as_relevance(relevant, n_queries: int, n_gallery: int) -> list[np.ndarray]:
     return out
 
 
-def _ranks_dense(scores: np.ndarray, rel: np.ndarray) -> np.ndarray:
-    """Ranks of the right rows ``rel`` within one query's full score row (pessimistic ties)."""
-    mask = np.zeros(scores.shape[0], dtype=bool)
-    mask[rel] = True
-    wrong = np.sort(scores[~mask])
-    rs = np.sort(scores[rel])[::-1]
-    # wrong rows scoring >= each right score, plus the right rows ahead of it
-    above = wrong.size - np.searchsorted(wrong, rs, side="left")
-    return above + np.arange(1, rs.size + 1)
-
-
 # ---------------------------------------------------------------------------
 # the exact streamed rank engine
 
@@ -227,7 +229,7 @@ DIRECT_MAX_RELEVANT = 16
 _PAIR_CHUNK = 4096
 
 
-def _relevance_csr(relevant, n_queries: int, n_gallery: int):
+def relevance_csr(relevant, n_queries: int, n_gallery: int):
     """``relevant`` (any accepted form) as ``(indptr, rows)``: query i's right rows are
     ``rows[indptr[i]:indptr[i + 1]]`` (sorted, unique). Same checks as :func:`as_relevance`."""
     if relevant is None:
@@ -278,15 +280,8 @@ def _f32_down(x: np.ndarray) -> np.ndarray:
     return np.where(y.astype(np.float64) > x, np.nextafter(y, np.float32(-np.inf)), y) + np.float32(0)
 
 
-def _keys(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Order-preserving uint64 keys of (row, float32 value): sorts by row, then value."""
-    u = (v + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0
-    u = np.where(u & np.uint32(0x80000000), ~u, u | np.uint32(0x80000000))
-    return (rows.astype(np.uint64) << np.uint64(32)) | u.astype(np.uint64)
-
-
-def _rank_engine(qblock, gblock, grows, n_q: int, n_g: int, dim: int, indptr, rows,
-                 q_block: int, g_block: int | None = None) -> np.ndarray:
+def rank_engine(qblock, gblock, grows, n_q: int, n_g: int, dim: int, indptr, rows,
+                q_block: int, g_block: int | None = None) -> np.ndarray:
     """Exact pessimistic ranks of every right row, counted inside the blocked product.
 
     ``qblock(s, e)`` and ``gblock(s, e)`` return float32 query/gallery rows ``s:e`` as they
@@ -451,9 +446,11 @@ def _count_rows(Q, pq, pg, m, gblock, grows, n_g, dim, gb):
     return above
 
 
-def _source(x, name: str, normalized: bool):
-    """``(n, dim, block(s, e), rows(idx))`` reading float32 rows of ``x`` on demand,
-    L2-normalised unless ``normalized``, each block checked for NaN/inf."""
+def row_source(x, name: str, normalized: bool):
+    """Rows of ``x`` (an array, memory map or :class:`bridge.chunks.RowView`) read on
+    demand, for :func:`rank_engine`: returns ``(n, dim, block(s, e), rows(idx))``, where
+    ``block`` and ``rows`` give float32 rows ``s:e`` / ``idx``, L2-normalised unless
+    ``normalized``, each read checked for NaN/inf (errors name ``name``)."""
     from .chunks import check_finite_rows, check_header, read_rows
 
     x = check_header(x, name)
@@ -479,16 +476,16 @@ def _ranks_csr(queries, gallery, relevant=None, block: int = 1024, normalized: b
     from .chunks import check_chunk_size
 
     block = check_chunk_size(block, "block")
-    nq, dq, qblock, _ = _source(queries, "queries", normalized)
-    ng, dg, gblock, grows = _source(gallery, "gallery", normalized)
+    nq, dq, qblock, _ = row_source(queries, "queries", normalized)
+    ng, dg, gblock, grows = row_source(gallery, "gallery", normalized)
     if dq != dg:
         raise DimensionMismatch(f"queries have dimension {dq} but the gallery has "
                                 f"dimension {dg}")
-    indptr, rows = _relevance_csr(relevant, nq, ng)
+    indptr, rows = relevance_csr(relevant, nq, ng)
     if nq and np.any(np.diff(indptr) == 0):
         i = int(np.flatnonzero(np.diff(indptr) == 0)[0])
         raise EmptyData(f"query {i} has no relevant gallery row")
-    ranks = _rank_engine(qblock, gblock, grows, nq, ng, dq, indptr, rows, block, gallery_block)
+    ranks = rank_engine(qblock, gblock, grows, nq, ng, dq, indptr, rows, block, gallery_block)
     return indptr, ranks, ng
 
 
@@ -497,7 +494,7 @@ def ranks_of_relevant(queries, gallery, relevant=None, block: int = 1024,
                       ) -> list[np.ndarray]:
     """Exact 1-based ranks of every right gallery row, per query, best first.
 
-    Counted inside the blocked product (see :func:`_rank_engine`): queries go ``block`` at
+    Counted inside the blocked product (see :func:`rank_engine`): queries go ``block`` at
     a time, the gallery streams in blocks normalised on the fly (``gallery_block`` rows,
     default: about two million scores a block), so working memory does not depend on the
     gallery size, and a memory-mapped (float16) gallery is read once per query block.
@@ -518,8 +515,8 @@ def top1_hits(queries, gallery, q_labels, g_labels, normalized: bool = False) ->
     on exact float64 scores of the rows concerned (:func:`_pair_dots`), so duplicates of a
     right row under another label always tie. Memory is bounded by the block size.
     """
-    nq, dq, qblock, qrows = _source(queries, "queries", normalized)
-    ng, dg, gblock, grows = _source(gallery, "gallery", normalized)
+    nq, dq, qblock, qrows = row_source(queries, "queries", normalized)
+    ng, dg, gblock, grows = row_source(gallery, "gallery", normalized)
     if dq != dg:
         raise DimensionMismatch(f"queries have dimension {dq} but the gallery has "
                                 f"dimension {dg}")
@@ -555,7 +552,7 @@ def top1_hits(queries, gallery, q_labels, g_labels, normalized: bool = False) ->
     return hits
 
 
-def _metrics_from_csr(indptr: np.ndarray, ranks: np.ndarray, ks) -> dict:
+def metrics_from_csr(indptr: np.ndarray, ranks: np.ndarray, ks) -> dict:
     """:func:`metrics_from_ranks` on ranks in CSR form (no per-query arrays)."""
     n = indptr.shape[0] - 1
     if n == 0:
@@ -577,7 +574,7 @@ def _metrics_from_csr(indptr: np.ndarray, ranks: np.ndarray, ks) -> dict:
     return out
 
 
-def _ranks_from_lists(rows: np.ndarray, rel: list[np.ndarray], scores=None) -> list[np.ndarray]:
+def ranks_from_lists(rows: np.ndarray, rel: list[np.ndarray], scores=None) -> list[np.ndarray]:
     """Ranks of the right rows within returned top lists; rows not returned rank ``inf``.
 
     With the lists' ``scores``, ties count against the query as in the exact engine: a
@@ -609,13 +606,13 @@ def metrics_from_ranks(ranks: list[np.ndarray], ks=(1, 5, 10)) -> dict:
     Median rank: median first right rank. mAP: mean over queries of average precision over
     all right rows (equal to MRR when each query has one right row).
     """
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     if not ranks:
         raise EmptyData("no queries to score")
     indptr = np.zeros(len(ranks) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([np.size(r) for r in ranks])
     flat = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1) for r in ranks])
-    return _metrics_from_csr(indptr, flat, ks)
+    return metrics_from_csr(indptr, flat, ks)
 
 
 def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str = "flat",
@@ -626,18 +623,18 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
     (default ``max(100, max(ks))``) in a Faiss index. Returns R@K for each K in ``ks``,
     MRR, median rank, mAP, the query and gallery counts and the index kind.
     """
-    ks = _check_ks(ks)
-    _check_index_options(kind, index_opts)
-    depth = _check_k(depth, "depth", allow_none=True)
+    ks = check_ks(ks)
+    check_index_options(kind, index_opts)
+    depth = check_k(depth, "depth", allow_none=True)
     if depth is not None and depth < max(ks):
         raise InvalidParameter(f"parameter 'depth' must be at least max(ks) = {max(ks)}, "
                                f"got {depth}")
-    block = _check_k(block, "block")
+    block = check_k(block, "block")
     ks = tuple(int(k) for k in ks)
     if kind == "flat":
         # exact ranks counted while the gallery streams: no normalised copy of either side
         indptr, ranks, n_gallery = _ranks_csr(queries, gallery, relevant, block=block)
-        m = _metrics_from_csr(indptr, ranks, ks)
+        m = metrics_from_csr(indptr, ranks, ks)
         m.update({"n_gallery": int(n_gallery), "index": kind})
         return m
     q = normalize(queries, "queries")
@@ -648,7 +645,7 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
     rel = as_relevance(relevant, q.shape[0], g.shape[0])
     index = build_index(g, kind, normalized=True, **index_opts)
     scores, rows = search(q, index, k=depth or max(100, max(ks)))
-    ranks = _ranks_from_lists(rows, rel, scores)
+    ranks = ranks_from_lists(rows, rel, scores)
     m = metrics_from_ranks(ranks, ks)
     m.update({"n_gallery": int(g.shape[0]), "index": kind})
     return m

@@ -7,6 +7,9 @@
     fractions = [0.8, 0.1, 0.1]      # train / val / test, by group
     out = "graphs/m30k"              # where `bridge graph build` saves (optional)
     # splits = "prefix"              # the graph's split rule for edges and evaluation
+    # min_train = 2                  # refuse an edge with fewer training pairs
+    # min_val = 5                    # ... or fewer validation pairs
+    # warn_val = 30                  # warn when an edge is scored on fewer val pairs
 
     [[nodes]]
     name = "text:en@minilm"
@@ -40,6 +43,19 @@ anything is loaded: sections, keys and value types, node references, translator 
 their parameters (each translator's constraint table), split rules and that every cache
 and pair file exists; after the caches load, every edge's pairs and splits are checked
 before the first edge trains.
+
+An edge's ``pairs`` table (a two-column CSV/TSV of ``id_in_src,id_in_dst``, one pair a
+line, an optional header line) links nodes whose ids differ, many to many: a word node to
+a caption node, or an audio node to a word node at class level (each clip id to the id of
+its digit word). The file must parse when the spec is read; once the caches load, every id
+in it must exist in its node's cache (the first missing id is named). Pairs are grouped
+by the ``src`` side (its cache's groups, else its ids), so every clip of one group lands
+in one split.
+
+``bridge graph build`` trains the edges in order. When an edge fails (a
+:class:`~bridge.errors.BridgeError` while training it), the edges trained before it are
+saved to the out folder all the same and the command exits 2 naming the failed edge (see
+:class:`EdgeFailed`).
 """
 
 from __future__ import annotations
@@ -50,10 +66,12 @@ from pathlib import Path
 
 from .errors import BridgeError, CorruptFile, InvalidParameter
 
-__all__ = ["load_spec", "validate_spec", "build_graph_from_spec", "SpecError"]
+__all__ = ["load_spec", "validate_spec", "build_graph_from_spec", "SpecError", "EdgeFailed"]
 
 TOP_KEYS = {"graph", "nodes", "edges"}
-GRAPH_KEYS = {"seed", "fractions", "out", "name", "splits"}
+GRAPH_KEYS = {"seed", "fractions", "out", "name", "splits", "min_train", "min_val", "warn_val"}
+#: graph size settings and the smallest value each accepts
+SIZE_KEYS = {"min_train": 1, "min_val": 1, "warn_val": 0}
 NODE_KEYS = {"name", "cache", "prefixes", "modality", "language", "encoder"}
 EDGE_KEYS = {"src", "dst", "translator", "loss", "directions", "pairs", "params",
              "cycle_weight", "post", "splits"}
@@ -64,6 +82,18 @@ SPEC_TRANSLATORS = ("linear", "procrustes", "mlp", "relative", "identity")
 
 class SpecError(BridgeError, ValueError):
     """A graph spec that does not follow the documented schema."""
+
+
+class EdgeFailed(BridgeError):
+    """Training edge ``index`` of a spec failed; ``graph`` holds the edges trained before it.
+
+    ``cause`` is the :class:`~bridge.errors.BridgeError` the edge raised and ``trained``
+    the number of spec edges trained before it.
+    """
+
+    def __init__(self, message: str, graph, index: int, trained: int, cause: BridgeError):
+        super().__init__(message)
+        self.graph, self.index, self.trained, self.cause = graph, index, trained, cause
 
 
 def _toml():
@@ -165,6 +195,11 @@ def _check_splits(v, at: str) -> None:
 def _check_graph(g: dict, at: str, base: Path) -> None:
     from .store import check_fractions
 
+    for k, least in SIZE_KEYS.items():
+        if k in g:
+            v = g[k]
+            _expect(isinstance(v, int) and not isinstance(v, bool) and v >= least,
+                    f"{at}: {k!r} must be an integer >= {least}, got {v!r}")
     if "seed" in g:
         s = g["seed"]
         _expect(isinstance(s, int) and not isinstance(s, bool) and s >= 0,
@@ -211,7 +246,7 @@ def _check_node(n: dict, at: str, base: Path, check_files: bool) -> None:
 
 
 def _check_edge(e: dict, at: str, names: set, base: Path, check_files: bool) -> None:
-    from .translators.base import TRANSLATORS, _ensure_registered
+    from .translators import TRANSLATORS
     from .translators.posthoc import parse_post
 
     _check_keys(e, EDGE_KEYS, at)
@@ -236,9 +271,8 @@ def _check_edge(e: dict, at: str, names: set, base: Path, check_files: bool) -> 
         _expect(kind == "mlp", f"{at}: 'loss' applies to translator 'mlp' only, not {kind!r}")
         _expect("loss" not in params, f"{at}: 'loss' given both as a key and in [edges.params]")
         params["loss"] = e["loss"]
-    _ensure_registered()
     try:
-        TRANSLATORS[kind]._validate_param_values(params)
+        TRANSLATORS[kind].validate_param_values(params)
     except InvalidParameter as ex:
         raise SpecError(f"{at}: {ex}") from None
     cw = e.get("cycle_weight", 0.0)
@@ -261,7 +295,20 @@ def _check_edge(e: dict, at: str, names: set, base: Path, check_files: bool) -> 
         r = (base / p).resolve()
         if check_files:
             _expect(r.is_file(), f"{at}: pair table {p!r} not found (looked for {r})")
+            _read_table(r, at)
         e["pairs"] = str(r)
+
+
+def _read_table(path, at: str):
+    """The :class:`~bridge.store.PairTable` in ``path``; a file that does not parse is a SpecError."""
+    from .store import PairTable
+
+    try:
+        table = PairTable.read(path)
+    except BridgeError as ex:
+        raise SpecError(f"{at}: pair table {str(path)!r} does not parse: {ex}") from None
+    _expect(len(table) > 0, f"{at}: pair table {str(path)!r} holds no pairs")
+    return table
 
 
 def build_graph_from_spec(spec: dict, progress: bool = False, log=print):
@@ -277,7 +324,7 @@ def build_graph_from_spec(spec: dict, progress: bool = False, log=print):
     spec = validate_spec(spec, Path.cwd(), where="spec")
     g = spec["graph"]
     graph = ModalityGraph(fractions=tuple(g.get("fractions", (0.8, 0.1, 0.1))), seed=g.get("seed", 0),
-                          splits=g.get("splits"))
+                          splits=g.get("splits"), **{k: g[k] for k in SIZE_KEYS if k in g})
     for n in spec["nodes"]:
         parts = [load_cache(f) for f in n["cache"]]
         cache = parts[0] if len(parts) == 1 and "prefixes" not in n else concat_caches(parts, n["prefixes"])
@@ -285,14 +332,19 @@ def build_graph_from_spec(spec: dict, progress: bool = False, log=print):
                        encoder=n.get("encoder"))
         log(f"node {n['name']}: {len(cache)} rows, dim {cache.dim}")
     _precheck_edges(graph, spec["edges"])
-    for e in spec["edges"]:
+    for i, e in enumerate(spec["edges"]):
         params = dict(e.get("params", {}))
         if progress and e.get("translator", "mlp") == "mlp":
             params.setdefault("progress", True)
-        reports = graph.connect(e["src"], e["dst"], translator=e.get("translator", "mlp"),
-                                loss=e.get("loss"), directions=e.get("directions", "both"),
-                                pairs=e.get("pairs"), cycle_weight=e.get("cycle_weight", 0.0),
-                                post=e.get("post"), splits=e.get("splits"), **params)
+        try:
+            reports = graph.connect(e["src"], e["dst"], translator=e.get("translator", "mlp"),
+                                    loss=e.get("loss"), directions=e.get("directions", "both"),
+                                    pairs=e.get("pairs"), cycle_weight=e.get("cycle_weight", 0.0),
+                                    post=e.get("post"), splits=e.get("splits"), **params)
+        except BridgeError as ex:
+            cause = " ".join(str(ex).split())
+            raise EdgeFailed(f"edges[{i}] {e['src']!r} -> {e['dst']!r} failed: {cause}",
+                             graph, i, i, ex) from ex
         for (s, d), m in reports.items():
             log(f"edge {s} -> {d}: val R@1 {m.get('val_R@1', float('nan')):.3f}, "
                 f"test R@1 {m.get('test_R@1', float('nan')):.3f}, cost {graph.edge(s, d)['cost']:.3f}")
@@ -305,20 +357,33 @@ def _precheck_edges(graph, edges) -> None:
 
     for i, e in enumerate(edges):
         a, b = e["src"], e["dst"]
-        P = graph.pairs(a, b, e.get("pairs"))
-        idx = graph.split(P, e.get("splits"))
-        for key in ("train", "val"):
-            if idx[key].size == 0:
-                raise NoPairs(f"edges[{i}] {a!r} -> {b!r}: the {key} split holds no pairs "
-                              f"({len(P)} pairs); more paired groups are needed")
-        sizes = getattr(graph, "_check_split_sizes", None)  # the graph's own minimum sizes
-        if sizes is not None:
+        at = f"edges[{i}] {a!r} -> {b!r}"
+        try:
+            if e.get("pairs") is not None:
+                _check_table_ids(_read_table(e["pairs"], at), graph, a, b, e["pairs"], at)
+            P = graph.pairs(a, b, e.get("pairs"))
+            idx = graph.split(P, e.get("splits"))
             rule = graph.splits if e.get("splits") is None else e["splits"]
             with warnings.catch_warnings():  # connect() warns about small splits itself
                 warnings.simplefilter("ignore")
-                sizes(a, b, P, idx, rule)
+                graph.check_split_sizes(a, b, P, idx, rule)  # the graph's own minimum sizes
+        except NoPairs as ex:
+            raise type(ex)(f"{at}: {' '.join(str(ex).split())}") from None
         if e.get("translator", "mlp") == "identity":
             da, db = graph.node(a)["dim"], graph.node(b)["dim"]
             if da != db:
                 raise DimensionMismatch(f"edges[{i}] {a!r} -> {b!r}: an identity edge needs one "
                                         f"space on both sides; got dimensions {da} and {db}")
+
+
+def _check_table_ids(table, graph, a: str, b: str, path: str, at: str) -> None:
+    """Every id of a pair table in its node's cache; a first line of two unknown ids is a header."""
+    ida, idb = set(graph.cache(a).ids.tolist()), set(graph.cache(b).ids.tolist())
+    start = 1 if table.a_ids[0] not in ida and table.b_ids[0] not in idb else 0
+    for n in range(start, len(table)):
+        for node, known, key in ((a, ida, table.a_ids[n]), (b, idb, table.b_ids[n])):
+            if key not in known:
+                raise SpecError(f"{at}: pair table {path!r} row {n + 1}: id {str(key)!r} is not "
+                                f"an id of node {node!r} (first ids there: "
+                                f"{sorted(known)[:3]})")
+    _expect(len(table) > start, f"{at}: pair table {path!r} holds only a header line")

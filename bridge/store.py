@@ -13,7 +13,10 @@ On disk a cache is one of:
 - a ``.npz`` file with arrays ``embeddings`` (or ``emb``) and ``ids`` (and optionally
   ``groups``);
 - a ``.safetensors`` file with tensor ``embeddings`` and the ids, groups and meta as JSON
-  in its metadata header.
+  in its metadata header;
+- a table: ``.parquet``, ``.arrow``/``.ipc``/``.feather`` (memory-mapped) or a Hugging Face
+  ``datasets`` ``save_to_disk`` folder, with an embedding column and an id column
+  (read by :mod:`bridge.formats`; needs pyarrow, the ``parquet`` extra).
 
 Every write goes to a temporary file first and is renamed into place, so an interrupted
 save never leaves a half-written cache where a good one was.
@@ -335,10 +338,16 @@ def _check_column(values, n: int, where: str, what: str = "ids") -> list[str]:
     return [str(v) for v in values]
 
 
-def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
-    """Read a cache from a folder, ``.npy``, ``.npz`` or ``.safetensors`` file.
+def load_cache(path: str | os.PathLike, mmap: bool = True, *,
+               embedding_column: str = "embedding", id_column: str | None = "id",
+               groups_column: str | None = None, **meta) -> Cache:
+    """Read a cache from a folder, ``.npy``, ``.npz`` or ``.safetensors`` file, or a table.
 
-    Keyword arguments are merged into the cache's ``meta`` (``modality="text"``...).
+    Tables (:mod:`bridge.formats`, needs pyarrow): ``.parquet``, ``.arrow``/``.ipc``/``.feather``
+    (memory-mapped), a ``datasets`` ``save_to_disk`` folder, or an in-memory
+    ``datasets.Dataset``; ``embedding_column``, ``id_column`` (``None``: row numbers) and
+    ``groups_column`` name their columns, and apply to tables only.
+    Other keyword arguments are merged into the cache's ``meta`` (``modality="text"``...).
     Nothing is ever unpickled: ``.npy``/``.npz`` are read with ``allow_pickle=False``.
     Everything is checked here: a 2-D float array of finite values, one id (and group)
     per row, a ``meta`` object; anything else raises
@@ -347,12 +356,23 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
     import zipfile
     import zlib
 
+    from . import formats
     from .files import recover
 
+    columns = dict(embedding_column=embedding_column, id_column=id_column,
+                   groups_column=groups_column)
+    if formats.is_dataset(path):
+        return formats.from_dataset(path, **columns, **meta)
     p = Path(path)
     recover(p)
     if not p.exists():
         raise CorruptFile(f"cache not found: {p}")
+    if formats.is_table_path(p):
+        return formats.read_table_cache(p, mmap, **columns, **meta)
+    if (embedding_column, id_column, groups_column) != ("embedding", "id", None):
+        raise InvalidParameter(
+            f"{p}: embedding_column, id_column and groups_column apply to Parquet/Arrow/"
+            f"Feather files and datasets folders only; got {columns}")
     ids = groups = None
     m: dict = {}
     emb_file = ids_file = groups_file = meta_file = p
@@ -415,7 +435,7 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, **meta) -> Cache:
         else:
             raise CorruptFile(
                 f"unknown cache format {p.suffix!r} for {p}; expected a folder, "
-                ".npy, .npz or .safetensors"
+                ".npy, .npz, .safetensors, .parquet, .arrow, .ipc or .feather"
             )
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
             SyntaxError, tokenize.TokenError) as e:  # numpy parses .npy headers as Python literals

@@ -9,7 +9,12 @@ disappears with it).
 
 Input helpers: :func:`read_lines` (a plain or gzipped text file, one item a line),
 :func:`list_files` / :func:`list_audio_files` / :func:`list_image_files` (a folder,
-sorted by name) and :func:`read_csv_items` (ids and items from CSV columns).
+sorted by name), :func:`read_csv_items` (ids and items from CSV columns) and
+:func:`read_csv_column` (one more column, e.g. the groups). :func:`sample_rows` picks
+rows spread across an input; :func:`groups_from_pattern` reads a group out of each id.
+
+A build stopped by Ctrl-C raises :class:`BuildInterrupted` (a ``KeyboardInterrupt``)
+saying how many rows are done; the finished chunks stay, so the same call resumes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -45,6 +51,10 @@ __all__ = [
     "list_audio_files",
     "list_image_files",
     "read_csv_items",
+    "read_csv_column",
+    "sample_rows",
+    "groups_from_pattern",
+    "BuildInterrupted",
     "AUDIO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
 ]
@@ -58,6 +68,19 @@ _MANIFEST = "manifest.json"
 
 # ---------------------------------------------------------------------------
 # resumable encoding
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`build_cache`: ``rows_done`` of ``rows_total`` rows are in
+    finished chunks under ``out_dir/parts/``; the same call again resumes from there."""
+
+    def __init__(self, rows_done: int, rows_total: int, out_dir):
+        self.rows_done = int(rows_done)
+        self.rows_total = int(rows_total)
+        self.out_dir = str(out_dir)
+        super().__init__(
+            f"interrupted after {self.rows_done} of {self.rows_total} rows; "
+            "run the same command to resume")
 
 
 def _ids_digest(ids: Sequence[str]) -> str:
@@ -229,6 +252,7 @@ def build_cache(
     write_json(man_path, manifest)
     todo = [k for k, (a, b) in enumerate(bounds) if _read_part(_part_path(parts, k), b - a) is None]
 
+    done_rows = n - sum(bounds[k][1] - bounds[k][0] for k in todo)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -255,8 +279,13 @@ def build_cache(
             buf = io.BytesIO()
             np.save(buf, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
             atomic_write_bytes(_part_path(parts, k), buf.getvalue())
+            done_rows += b - a
             if bar is not None:
                 bar.update(b - a)
+    except BuildInterrupted:
+        raise
+    except KeyboardInterrupt as e:
+        raise BuildInterrupted(done_rows, n, out_dir) from e
     finally:
         if bar is not None:
             bar.close()
@@ -385,3 +414,54 @@ def read_csv_items(
                 item = os.path.join(os.fspath(base_dir), item)
             items.append(item)
     return ids, items
+
+
+def read_csv_column(path: str | os.PathLike, column: str, delimiter: str | None = None) -> list[str]:
+    """The values of one column of a CSV/TSV file with a header line, row by row (the
+    same rows, in the same order, as :func:`read_csv_items`)."""
+    return read_csv_items(path, column, column, delimiter=delimiter)[0]
+
+
+def sample_rows(n: int, k: int, seed: int = 0, how: str = "random") -> np.ndarray:
+    """Sorted indices of ``k`` of ``n`` rows spread across the whole input.
+
+    ``how="random"``: ``k`` distinct rows drawn uniformly with ``seed`` (the same seed
+    gives the same rows); ``how="even"``: every ``n/k``-th row, starting at row 0. With
+    ``k >= n`` every row is kept. Indices come back in input order, so a sorted input
+    stays sorted.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidParameter(f"parameter 'sample' must be a positive integer, got {k!r}")
+    if how not in ("random", "even"):
+        raise InvalidParameter(f"parameter 'how' must be 'random' or 'even', got {how!r}")
+    n, k = int(n), int(k)
+    if k >= n:
+        return np.arange(n)
+    if how == "even":
+        return (np.arange(k) * n) // k
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def groups_from_pattern(ids: Sequence[str], pattern: str) -> list[str]:
+    """The group of every id: the one capture group of the regular expression
+    ``pattern``, searched in the id (``r"_(\\w+)_\\d+$"`` gives ``"jackson"`` for the
+    FSDD clip ``"3_jackson_12"``).
+
+    Raises :class:`~bridge.errors.InvalidParameter` for a pattern that does not compile
+    or has not exactly one group, and naming the first id it does not match.
+    """
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise InvalidParameter(f"groups pattern {pattern!r} is not a valid regular expression: {e}") from None
+    if rx.groups != 1:
+        raise InvalidParameter(
+            f"groups pattern {pattern!r} has {rx.groups} capture groups; expected exactly one, "
+            "e.g. '_(\\w+)_\\d+$'")
+    out = []
+    for i in ids:
+        m = rx.search(str(i))
+        if m is None or m.group(1) is None:
+            raise InvalidParameter(f"groups pattern {pattern!r} does not match the id {str(i)!r}")
+        out.append(m.group(1))
+    return out

@@ -89,7 +89,7 @@ class Translator(BaseEstimator):
         return self.get_params(deep=False)
 
     @classmethod
-    def _validate_param_values(cls, params: dict) -> None:
+    def validate_param_values(cls, params: dict) -> None:
         """Raise :class:`~bridge.errors.InvalidParameter` naming the first unknown parameter
         or the first value outside its declared constraints."""
         names = cls._param_names()
@@ -100,7 +100,7 @@ class Translator(BaseEstimator):
         validate_params(cls._parameter_constraints, params, owner=cls.__name__, unknown=False)
 
     def _validate_params(self) -> None:
-        self._validate_param_values(self.get_params(deep=False))
+        self.validate_param_values(self.get_params(deep=False))
 
     def __repr__(self, N_CHAR_MAX=None) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
@@ -131,7 +131,7 @@ class Translator(BaseEstimator):
         return self
 
     def transform(self, X) -> np.ndarray:
-        self._check_fitted()
+        self.check_fitted()
         X = check_embeddings(X, "X", dim=self.in_dim_)
         return self._transform(X.astype(np.float32, copy=False))
 
@@ -152,7 +152,9 @@ class Translator(BaseEstimator):
     def is_fitted(self) -> bool:
         return hasattr(self, "in_dim_")
 
-    def _check_fitted(self):
+    def check_fitted(self) -> None:
+        """Raise :class:`~bridge.errors.NotFittedError` unless :meth:`fit` (or a load) has
+        set this translator's state."""
         if not self.is_fitted:
             raise NotFittedError(
                 f"this {type(self).__name__} is not fitted yet; call fit(X, Y) before transform"
@@ -185,7 +187,7 @@ class Translator(BaseEstimator):
     def config(self) -> dict:
         from .. import __version__
 
-        self._check_fitted()
+        self.check_fitted()
         return {
             "kind": self.kind,
             "params": to_jsonable(self._config_params()),
@@ -233,7 +235,7 @@ def make_translator(kind: str | Translator, **params) -> Translator:
             raise InvalidParameter(
                 f"unknown translator {kind!r}; expected one of {sorted(TRANSLATORS)}")
         cls = TRANSLATORS[kind]
-    cls._validate_param_values(params)
+    cls.validate_param_values(params)
     return cls(**params)
 
 
@@ -323,7 +325,7 @@ def _check_config(cfg, where: str) -> None:
     params = cfg.get("params", {})
     cls = TRANSLATORS[kind]
     try:
-        cls._validate_param_values(dict(params)) if hasattr(cls, "_validate_param_values") else None
+        cls.validate_param_values(dict(params)) if hasattr(cls, "validate_param_values") else None
         cls(**params)
     except BridgeError as e:
         fail("params", str(e))

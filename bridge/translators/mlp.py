@@ -149,8 +149,8 @@ class MLPTranslator(Translator):
         self.progress = progress
 
     @classmethod
-    def _validate_param_values(cls, params: dict) -> None:
-        super()._validate_param_values(params)
+    def validate_param_values(cls, params: dict) -> None:
+        super().validate_param_values(params)
         if params.get("epochs", 1) == 0 and params.get("init", "lstsq") is None:
             raise InvalidParameter(
                 "MLPTranslator: parameter 'epochs' must be at least 1 with init=None (a random "
@@ -191,6 +191,56 @@ class MLPTranslator(Translator):
                        **self._train_options())
         self.net_.cpu().eval()
         return rep.to_dict()
+
+    def fit_pair(self, X, Y, X_val=None, Y_val=None, labels=None, labels_val=None,
+                 cycle_weight: float = 0.0) -> tuple["MLPTranslator", "MLPTranslator"]:
+        """Fit both directions of a pair together; returns ``(forward, backward)``.
+
+        ``forward`` maps rows of ``X`` onto ``Y`` and ``backward`` maps ``Y`` back onto
+        ``X``; both are new fitted translators with this one's hyper-parameters (this one
+        stays unfitted). They train on the same batches with one optimiser (see
+        :func:`bridge.training.train` with ``reverse=``); ``cycle_weight > 0`` adds the
+        cycle-consistency term ``1 - cos(backward(forward(x)), x)`` and its mirror, weighted
+        by ``cycle_weight``. ``X_val``/``Y_val`` (optional) drive early stopping on the mean
+        held-out R@1 of both directions; ``labels``/``labels_val`` mark rows that share a
+        target, as in :meth:`fit`. Each ``fit_report_`` holds its direction's training
+        report plus ``cycle_weight`` and ``n_train``.
+        """
+        from ..errors import DimensionMismatch
+        from ..training import train
+        from .base import make_translator
+
+        if not (isinstance(cycle_weight, Real) and not isinstance(cycle_weight, bool)
+                and np.isfinite(cycle_weight) and cycle_weight >= 0):
+            raise InvalidParameter(
+                f"cycle_weight must be a finite number >= 0, got {cycle_weight!r}")
+        self._validate_params()
+        X, Y = self._check_pair(X, Y, "X", "Y")
+        if (X_val is None) != (Y_val is None):
+            raise InvalidParameter("give both X_val and Y_val, or neither")
+        if X_val is not None:
+            X_val, Y_val = self._check_pair(X_val, Y_val, "X_val", "Y_val")
+            if X_val.shape[1] != X.shape[1] or Y_val.shape[1] != Y.shape[1]:
+                raise DimensionMismatch(
+                    f"validation dims ({X_val.shape[1]}, {Y_val.shape[1]}) differ from "
+                    f"training dims ({X.shape[1]}, {Y.shape[1]})")
+        for name, lab, rows in (("labels", labels, X), ("labels_val", labels_val, X_val)):
+            if lab is not None and (rows is None or len(lab) != rows.shape[0]):
+                raise DimensionMismatch(
+                    f"{name} has {len(lab)} entries; expected one per row of "
+                    f"{'X' if name == 'labels' else 'X_val'} "
+                    f"({None if rows is None else rows.shape[0]})")
+        fwd, bwd = make_translator(self), make_translator(self)
+        fwd.in_dim_, fwd.out_dim_ = X.shape[1], Y.shape[1]
+        bwd.in_dim_, bwd.out_dim_ = Y.shape[1], X.shape[1]
+        fwd.net_, bwd.net_ = fwd.init_network(X, Y), bwd.init_network(Y, X)
+        r1, r2 = train(fwd.net_, X, Y, X_val, Y_val, labels=labels, labels_val=labels_val,
+                       reverse=bwd.net_, cycle_weight=cycle_weight, **self._train_options())
+        for T, r in ((fwd, r1), (bwd, r2)):
+            T.net_.cpu().eval()
+            T.fit_report_ = {**r.to_dict(), "cycle_weight": cycle_weight,
+                             "n_train": int(X.shape[0])}
+        return fwd, bwd
 
     def _train_options(self) -> dict:
         return dict(loss=self.loss, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
