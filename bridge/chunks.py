@@ -20,8 +20,8 @@ import mmap
 
 import numpy as np
 
-from .errors import InvalidEmbeddings, InvalidParameter
-from .store import check_embeddings
+from .errors import InvalidParameter
+from .store import check_embeddings, check_finite_rows  # noqa: F401  (re-exported)
 
 __all__ = ["TRANSLATE_CHUNK", "check_header", "check_finite_rows", "read_rows", "RowView",
            "MappedRows", "materialize", "check_chunk_size"]
@@ -67,21 +67,6 @@ def check_header(x, name: str = "embeddings", dim: int | None = None):
         return check_embeddings(x, name, dim)  # raises, naming the shape
     check_embeddings(np.asarray(x[:1]), name, dim)
     return x
-
-
-def check_finite_rows(block: np.ndarray, name: str = "embeddings", offset: int = 0) -> None:
-    """Raise :class:`InvalidEmbeddings` if a row of ``block`` holds NaN or inf, naming the
-    row by ``offset`` + its index in the block."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        sums = block.sum(axis=1, dtype=np.float32 if block.dtype.itemsize <= 4 else None)
-    if np.isfinite(sums).all():
-        return
-    bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
-    if bad.size == 0:
-        return
-    shown = ", ".join(str(int(b) + offset) for b in bad[:10]) + (" ..." if bad.size > 10 else "")
-    raise InvalidEmbeddings(f"{name}: {bad.size} row(s) hold NaN or inf values (rows {shown}); "
-                            "expected finite values in every row")
 
 
 def _mapping(a):

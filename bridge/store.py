@@ -48,6 +48,7 @@ __all__ = [
     "Cache",
     "Pairs",
     "check_embeddings",
+    "check_finite_rows",
     "load_cache",
     "save_cache",
     "pair_by_ids",
@@ -114,14 +115,21 @@ def check_embeddings(x, name: str = "embeddings", dim: int | None = None) -> np.
         x = x.astype(np.float32)
     if dim is not None and x.shape[1] != dim:
         raise DimensionMismatch(f"{name}: expected dimension {dim}, got {x.shape[1]}")
+    check_finite_rows(x, name)
+    return x
+
+
+def check_finite_rows(x: np.ndarray, name: str = "embeddings", offset: int = 0) -> None:
+    """Raise :class:`InvalidEmbeddings` if a row of the 2-D float array ``x`` holds NaN or
+    inf, naming up to ten such rows by ``offset`` + their index in ``x`` (so a block of a
+    larger array names its rows in the whole array)."""
     bad = _nonfinite_rows(x)
     if bad.size:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
+        shown = ", ".join(str(int(b) + offset) for b in bad[:10]) + (" ..." if bad.size > 10 else "")
         raise InvalidEmbeddings(
             f"{name}: {bad.size} row(s) hold NaN or inf values (rows {shown}); "
             "expected finite values in every row"
         )
-    return x
 
 
 #: rows per block when :func:`check_embeddings` scans an array for NaN/inf values
