@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from . import __version__
 from .errors import BridgeError, CorruptFile, InvalidParameter, UnknownNode
@@ -43,6 +44,15 @@ class _Parser(argparse.ArgumentParser):
         hint = f" (see 'bridge {sub + ' ' if sub else ''}--help')"
         print(f"bridge: error: {message}{hint}", file=sys.stderr)
         raise SystemExit(2)
+
+
+class _CacheOption(NamedTuple):
+    """How ``bridge cache build`` reads one option (a ``--manifest`` table reads it the same way)."""
+
+    flag: bool  # true/false, no value
+    type: object  # the argparse type (None: a string)
+    choices: tuple | None
+    default: object
 
 
 def _int_range(low: int, high: int | None = None):
@@ -86,51 +96,59 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Encode text lines, audio files or images into a cache "
                                      "folder. Finished chunks are kept: rerunning after an "
                                      "interruption encodes only what is left.")
-    pb.add_argument("--encoder",
+    options: dict = {}  # dest -> how a manifest table's value of that option is read
+
+    def opt(container, flag, **kw):
+        container.add_argument(flag, **kw)
+        options[flag.lstrip("-").replace("-", "_")] = _CacheOption(
+            flag=kw.get("action") == "store_true", type=kw.get("type"), choices=kw.get("choices"),
+            default=kw.get("default", False if kw.get("action") == "store_true" else None))
+
+    opt(pb, "--encoder",
                     help="encoder name (e5, minilm, sentence-transformers, aisfx, resemblyzer, "
                          "clip, clap, imagebind); required unless --manifest")
     src = pb.add_mutually_exclusive_group()
-    src.add_argument("--text", help="text file (optionally .gz), one row per line")
-    src.add_argument("--audio-dir", help="folder of audio files (sorted by name)")
-    src.add_argument("--image-dir", help="folder of image files (sorted by name)")
-    src.add_argument("--csv", help="CSV with an id column and an item column")
-    src.add_argument("--manifest",
+    opt(src, "--text", help="text file (optionally .gz), one row per line")
+    opt(src, "--audio-dir", help="folder of audio files (sorted by name)")
+    opt(src, "--image-dir", help="folder of image files (sorted by name)")
+    opt(src, "--csv", help="CSV with an id column and an item column")
+    opt(src, "--manifest",
                      help="TOML file with one [[cache]] table per cache to build; its keys are "
                           "these options without '--' (encoder, text, out, sample, ...; meta is "
                           "a table), paths relative to the manifest's folder; every table is "
                           "checked before any encoding starts")
-    pb.add_argument("--id-column", default="id", help="CSV id column (with --csv)")
-    pb.add_argument("--item-column", default=None, help="CSV item column (with --csv)")
-    pb.add_argument("--ids", help="file with one id per row (default: row numbers or file stems)")
-    pb.add_argument("--limit", type=_int_range(1), default=None, help="encode only the first N rows")
-    pb.add_argument("--sample", type=_int_range(1), default=None, metavar="N",
+    opt(pb, "--id-column", default="id", help="CSV id column (with --csv)")
+    opt(pb, "--item-column", default=None, help="CSV item column (with --csv)")
+    opt(pb, "--ids", help="file with one id per row (default: row numbers or file stems)")
+    opt(pb, "--limit", type=_int_range(1), default=None, help="encode only the first N rows")
+    opt(pb, "--sample", type=_int_range(1), default=None, metavar="N",
                     help="encode N rows spread across the whole (sorted) input instead of the "
                          "first N: drawn at random with --seed, or every n/N-th row with "
                          "--sample-mode even; kept in input order")
-    pb.add_argument("--sample-mode", choices=("random", "even"), default="random",
+    opt(pb, "--sample-mode", choices=("random", "even"), default="random",
                     help="how --sample picks rows (default: random)")
-    pb.add_argument("--seed", type=int, default=0, help="seed of --sample random (default 0)")
-    pb.add_argument("--groups", default=None, metavar="COLUMN",
+    opt(pb, "--seed", type=int, default=0, help="seed of --sample random (default 0)")
+    opt(pb, "--groups", default=None, metavar="COLUMN",
                     help="CSV column holding each row's group (with --csv), stored as the "
                          "cache's groups for leave-one-group-out splits")
-    pb.add_argument("--groups-pattern", default=None, metavar="REGEX",
+    opt(pb, "--groups-pattern", default=None, metavar="REGEX",
                     help="regular expression with one capture group, searched in each id (the "
                          "file stem for --audio-dir/--image-dir), e.g. '_(\\w+)_\\d+$' gives "
                          "the speaker 'jackson' of the FSDD clip 3_jackson_12")
-    pb.add_argument("--model", default=None,
+    opt(pb, "--model", default=None,
                     help="model folder or name (sentence-transformers, clip, clap)")
-    pb.add_argument("--device", default=None,
+    opt(pb, "--device", default=None,
                     help="torch device, e.g. cpu or cuda (encoders that take one)")
-    pb.add_argument("--batch-size", type=_int_range(1), default=None,
+    opt(pb, "--batch-size", type=_int_range(1), default=None,
                     help="items per forward pass (default: the encoder's own)")
-    pb.add_argument("--chunk-size", type=_int_range(1), default=256, help="rows per resumable chunk")
-    pb.add_argument("--out", help="cache folder to write; required unless --manifest")
-    pb.add_argument("--overwrite", action="store_true",
+    opt(pb, "--chunk-size", type=_int_range(1), default=256, help="rows per resumable chunk")
+    opt(pb, "--out", help="cache folder to write; required unless --manifest")
+    opt(pb, "--overwrite", action="store_true",
                     help="replace --out even when it holds something else than a cache of the "
                          "same encoder (its contents are deleted)")
-    pb.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+    opt(pb, "--meta", action="append", default=[], metavar="KEY=VALUE",
                     help="metadata to store (modality=text, language=de, ...)")
-    pb.set_defaults(cache_parser=pb)
+    pb.set_defaults(cache_options=options)
 
     # graph
     pg = sub.add_parser("graph", help="build or inspect graphs")
@@ -172,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     # eval
     pe = sub.add_parser("eval", help="evaluate routes on held-out pairs",
                         description="Retrieval through the planned route from SRC to DST on the "
-                                    "test pairs; --fuse retrieves through one route per gallery "
+                                    "test pairs (the pair table of an edge between them, else "
+                                    "shared ids, else the pairs composed along the route: a clip "
+                                    "-> its English word -> the German word of the same id); "
+                                    "--fuse retrieves through one route per gallery "
                                     "node and fuses the scores; --walk scores a closed walk "
                                     "(reconstruction loss, cycle R@1, per-hop figures).")
     pe.add_argument("graph", help="saved graph folder")
@@ -258,7 +279,7 @@ def _cache_build(args) -> int:
     for i, job in enumerate(jobs):
         try:
             _run_cache_job(job)
-        except BuildInterrupted as e:
+        except (BuildInterrupted, _LoadInterrupted) as e:
             left = f" ({len(jobs) - i - 1} more caches of the manifest not started)" if i < len(jobs) - 1 else ""
             print(f"bridge: {e}{left}", file=sys.stderr)
             return 130
@@ -341,11 +362,19 @@ def _cache_job(args, where: str = "") -> dict:
             "batch_size": args.batch_size, "overwrite": args.overwrite}
 
 
+class _LoadInterrupted(KeyboardInterrupt):
+    """Ctrl-C while an encoder's model loads, before any row is encoded."""
+
+
 def _run_cache_job(job: dict) -> None:
     from .encoders import get_encoder
     from .encoders.build import build_cache
 
-    enc = get_encoder(job["encoder"], **job["kwargs"])
+    try:
+        enc = get_encoder(job["encoder"], **job["kwargs"])
+    except KeyboardInterrupt:  # before build_cache: no folder or part exists yet
+        raise _LoadInterrupted(f"interrupted while loading encoder {job['encoder']!r}; "
+                               f"nothing was written to {job['out']}") from None
     meta = job["meta"]
     meta.setdefault("encoder", job["encoder"])
     meta.setdefault("modality", enc.modality)
@@ -408,7 +437,7 @@ def _manifest_jobs(args) -> list[dict]:
         raise InvalidParameter(f"--manifest: unknown top-level keys {extra}; expected [[cache]] tables")
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         raise InvalidParameter(f"--manifest: {args.manifest} needs at least one [[cache]] table")
-    actions = {a.dest: a for a in args.cache_parser._actions if a.dest not in ("help", "manifest")}
+    actions = {d: o for d, o in args.cache_options.items() if d != "manifest"}
     jobs, outs = [], {}
     for i, table in enumerate(tables, 1):
         where = f"--manifest [[cache]] #{i}"
@@ -417,16 +446,16 @@ def _manifest_jobs(args) -> list[dict]:
         ns.overwrite = args.overwrite
         for key, value in table.items():
             dest = key.replace("-", "_")
-            if dest not in actions or dest == "cache_parser":
+            if dest not in actions:
                 raise InvalidParameter(f"{where}: unknown key {key!r}; expected one of "
-                                       f"{sorted(k.replace('_', '-') for k in actions if k != 'cache_parser')}")
+                                       f"{sorted(k.replace('_', '-') for k in actions)}")
             act = actions[dest]
             if dest == "meta":
                 if not isinstance(value, dict):
                     raise InvalidParameter(f"{where}: meta must be a table of KEY = VALUE, got {value!r}")
                 ns.meta = [f"{k}={v}" for k, v in value.items()]
                 continue
-            if act.nargs == 0:  # a flag
+            if act.flag:
                 if not isinstance(value, bool):
                     raise InvalidParameter(f"{where}: {key} must be true or false, got {value!r}")
             elif isinstance(value, (dict, list, bool)):

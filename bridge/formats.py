@@ -27,11 +27,18 @@ import numpy as np
 
 from .errors import CorruptFile, InvalidEmbeddings, InvalidParameter
 
-__all__ = ["TABLE_SUFFIXES", "is_table_path", "is_hf_folder", "read_table_cache",
-           "is_dataset", "from_dataset"]
+__all__ = ["TABLE_SUFFIXES", "TABLE_FORMATS", "COLUMN_KEYS", "TABLE_META",
+           "is_table_path", "is_hf_folder",
+           "table_format", "table_reference", "read_table_cache", "is_dataset", "from_dataset"]
 
 #: file suffixes read as tables (``.arrow``/``.ipc``/``.feather`` memory-mapped)
 TABLE_SUFFIXES = (".parquet", ".arrow", ".ipc", ".feather")
+#: the format names :func:`table_format` gives (``hf-datasets``: a ``save_to_disk`` folder)
+TABLE_FORMATS = ("parquet", "arrow", "feather", "hf-datasets")
+#: the keyword arguments of :func:`read_table_cache` that name its columns
+COLUMN_KEYS = ("embedding_column", "id_column", "groups_column")
+#: the ``meta`` entry of a cache read from a table: its format and the columns it was read from
+TABLE_META = "table"
 
 
 def _pyarrow():
@@ -54,6 +61,31 @@ def is_hf_folder(p: Path) -> bool:
 def is_table_path(p: Path) -> bool:
     """Whether :func:`read_table_cache` reads ``p`` (a table file or a datasets folder)."""
     return (p.suffix.lower() in TABLE_SUFFIXES and not p.is_dir()) or is_hf_folder(p)
+
+
+def table_format(p: Path) -> str:
+    """The format name (one of :data:`TABLE_FORMATS`) of a table path, by its suffix: a
+    path without a table suffix is a ``datasets`` folder."""
+    suffix = Path(p).suffix.lower()
+    if suffix in (".arrow", ".ipc"):
+        return "arrow"
+    return suffix[1:] if suffix in TABLE_SUFFIXES else "hf-datasets"
+
+
+def table_reference(cache) -> dict | None:
+    """How to read ``cache`` again from its file, when it was read from a table:
+    ``{"format": ..., "columns": {"embedding_column": ..., "id_column": ...,
+    "groups_column": ...}}`` (the keyword arguments of :func:`read_table_cache`), else None.
+
+    A saved graph that references the table stores this, so that loading it reads the
+    same columns (see :func:`bridge.graph_io.save_graph`).
+    """
+    path = getattr(cache, "path", None)
+    info = cache.meta.get(TABLE_META) if isinstance(getattr(cache, "meta", None), dict) else None
+    if path is None or not isinstance(info, dict) or not is_table_path(Path(path)):
+        return None
+    columns = {k: info.get(k) for k in COLUMN_KEYS}
+    return {"format": table_format(Path(path)), "columns": columns}
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +235,9 @@ def read_table_cache(p: Path, mmap: bool = True, embedding_column: str = "embedd
                      id_column: str | None = "id", groups_column: str | None = None, **meta):
     """A :class:`~bridge.store.Cache` from a Parquet/Arrow/Feather file or a datasets folder.
 
-    ``id_column=None`` numbers the rows ``"0" .. "n-1"``. A missing column raises
+    ``id_column=None`` numbers the rows ``"0" .. "n-1"``. The cache's ``meta["table"]``
+    records the format and the three column names (so a saved graph that references the
+    file reads the same columns, see :func:`table_reference`). A missing column raises
     :class:`~bridge.errors.CorruptFile` naming it and the columns present; ragged, null or
     NaN/inf embeddings raise :class:`~bridge.errors.InvalidEmbeddings` naming the row.
     """
@@ -224,6 +258,8 @@ def read_table_cache(p: Path, mmap: bool = True, embedding_column: str = "embedd
               else _string_column(pa, table.column(groups_column),
                                   f"{p}: column {groups_column!r}"))
     meta.setdefault("name", p.stem if not p.is_dir() else p.name)
+    meta[TABLE_META] = {"format": table_format(p), "embedding_column": embedding_column,
+                        "id_column": id_column, "groups_column": groups_column}
     return _make_cache(emb, ids, groups, meta, str(p), f"{p}: column {embedding_column!r}")
 
 

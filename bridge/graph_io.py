@@ -3,7 +3,10 @@
 A saved graph is a folder: ``manifest.json`` (nodes, edges, metrics, cache references,
 the graph's settings and the package version) and ``edges/NNN/{config.json,
 model.safetensors}`` per edge (plus ``pairs.json``, its pair table, for an edge trained
-from one); caches held only in memory are copied to ``caches/NNN.safetensors``. Nothing is
+from one); caches held only in memory are copied to ``caches/NNN.safetensors``. A reference to a
+Parquet/Arrow/Feather file or a ``datasets`` folder also stores its ``format`` and the
+``columns`` it was read from (``{"embedding_column": "vec", "id_column": "clip",
+"groups_column": "speaker"}``), and loading reads those columns again. Nothing is
 ever unpickled.
 
 :func:`load_graph` validates the whole manifest before it builds anything: every field
@@ -53,7 +56,8 @@ def save_graph(graph, path, caches: str = "auto", overwrite: bool = False) -> Pa
     and the package version; every edge is a folder ``edges/NNN`` with ``config.json``
     and ``model.safetensors``. ``caches``: ``"auto"`` references caches read from a file
     (by absolute path: loading follows such a reference only with
-    ``allow_external=True``) and copies in-memory ones into ``caches/``; ``"copy"``
+    ``allow_external=True``; a table read with its own column names keeps them, see
+    :func:`bridge.formats.table_reference`) and copies in-memory ones into ``caches/``; ``"copy"``
     copies all (the folder is then self-contained); ``"reference"`` copies none. The
     folder is swapped in atomically (see :class:`bridge.files.atomic_dir`): at every
     instant ``path`` holds the previous graph or the new one. A folder that is not a
@@ -61,6 +65,7 @@ def save_graph(graph, path, caches: str = "auto", overwrite: bool = False) -> Pa
     """
     from . import __version__
     from .errors import InvalidParameter
+    from .formats import table_reference
     from .store import save_cache
 
     if caches not in ("auto", "copy", "reference"):
@@ -81,6 +86,9 @@ def save_graph(graph, path, caches: str = "auto", overwrite: bool = False) -> Pa
                     ref = {"stored": rel}
                 else:
                     ref = {"path": str(Path(c.path).resolve()) if c.path else None}
+                    table = table_reference(c)
+                    if table is not None:  # read the same columns again at load
+                        ref.update(table)
             nodes.append({"name": n, **_node_attrs(d), "cache": ref})
         edges = []
         for i, (u, v, d) in enumerate(G.edges(data=True)):
@@ -245,10 +253,49 @@ def _check_node(c: _Check, nd, i: int) -> dict:
             c.str(v, f"{f}.cache.{key}")
         elif key == "stored":
             c.fail(f"{f}.cache.stored", "expected a path inside the graph folder, got null")
+        _check_table_ref(c, ref, f"{f}.cache")
     for k in ("modality", "language", "encoder"):
         if nd.get(k) is not None and not isinstance(nd[k], str):
             c.fail(f"{f}.{k}", f"expected a string or null, got {_show(nd[k])}")
     return nd
+
+
+def _check_table_ref(c: _Check, ref: dict, f: str) -> None:
+    """The ``format`` and ``columns`` of a reference to a Parquet/Arrow/datasets cache."""
+    from .formats import COLUMN_KEYS, TABLE_FORMATS, table_format
+
+    unknown = sorted(set(ref) - {"stored", "path", "format", "columns"})
+    if unknown:
+        c.fail(f"{f}.{unknown[0]}", "unknown field; expected stored or path (and, for a "
+                                    "table, format and columns)")
+    if not ({"format", "columns"} & set(ref)):
+        return
+    if "path" not in ref or ref["path"] is None:
+        c.fail(f"{f}.format" if "format" in ref else f"{f}.columns",
+               "format and columns describe a referenced table; expected them with a path")
+    if set(ref) & {"format", "columns"} != {"format", "columns"}:
+        missing = "format" if "format" not in ref else "columns"
+        c.fail(f"{f}.{missing}", "missing; a table reference holds both format and columns")
+    fmt = ref["format"]
+    if not isinstance(fmt, str) or fmt not in TABLE_FORMATS:
+        c.fail(f"{f}.format", f"expected one of {list(TABLE_FORMATS)}, got {_show(fmt)}")
+    if table_format(Path(ref["path"])) != fmt:
+        c.fail(f"{f}.format", f"{fmt!r}, but the path {ref['path']!r} names a "
+                              f"{table_format(Path(ref['path']))!r} table")
+    cols = c.dict(ref["columns"], f"{f}.columns")
+    unknown = sorted(set(cols) - set(COLUMN_KEYS))
+    if unknown:
+        c.fail(f"{f}.columns.{unknown[0]}", f"unknown field; expected {list(COLUMN_KEYS)}")
+    for k in COLUMN_KEYS:
+        if k not in cols:
+            c.fail(f"{f}.columns.{k}", "missing; expected a column name"
+                                       + (" or null" if k != "embedding_column" else ""))
+        v = cols[k]
+        if k == "embedding_column" or v is not None:
+            if not isinstance(v, str) or not v:
+                c.fail(f"{f}.columns.{k}", "expected a column name (a non-empty string)"
+                                           f"{'' if k == 'embedding_column' else ' or null'}, "
+                                           f"got {_show(v)}")
 
 
 def _check_edge(c: _Check, ed, i: int, names: set) -> dict:
@@ -458,7 +505,8 @@ def _load_once(path: Path, load_caches: bool, allow_external: bool):
         name = nd.pop("name")
         nd.pop("cache", None)
         dim = nd.pop("dim")
-        cache = load_cache(cp) if cp is not None and cp.exists() else None
+        columns = (nodes[i].get("cache") or {}).get("columns") or {}
+        cache = load_cache(cp, **columns) if cp is not None and cp.exists() else None
         try:
             g.add_node(name, cache, dim=dim, **nd)
         except CorruptFile:

@@ -185,6 +185,30 @@ def plot_projection(
     drawn (a seeded sample that keeps the rows of the drawn lines). Returns the axes.
     """
     arrays = _check_named(named, "plot_projection")
+    _check_projection(arrays, method)
+    prs = _normalise_pairs(pairs, arrays)
+    rng = np.random.default_rng(seed)
+    # choose the lines first, then the rows to draw (which always include the lines' ends)
+    lines = _sample_lines(prs, n_lines, rng)
+    keep = _sample_rows(arrays, lines, max_points, rng)
+    proj, pos, (xl, yl) = _project_kept(arrays, keep, normalize, method, seed)
+
+    ax = _new_ax(ax, (9, 6))
+    _draw_pair_lines(ax, lines, proj, pos)
+    s = _draw_node_points(ax, arrays, proj, colors, point_size)
+    ax.set_xlabel(xl)
+    ax.set_ylabel(yl)
+    ax.set_title(title if title is not None else f"Joint {method.upper()} projection")
+    ax.autoscale_view()
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  frameon=False, markerscale=max(1.0, 30 / s) ** 0.5)
+    return ax
+
+
+def _check_projection(arrays: dict[str, np.ndarray], method: str) -> None:
+    """Refuse nodes of different widths, an unknown ``method``, or UMAP without its
+    package, before anything is computed."""
     dims = {k: v.shape[1] for k, v in arrays.items()}
     if len(set(dims.values())) > 1:
         shown = ", ".join(f"{k!r}: {d}" for k, d in dims.items())
@@ -199,17 +223,26 @@ def plot_projection(
             import umap  # noqa: F401
         except ImportError as e:
             raise MissingExtra("UMAP projection", extra="umap", package="umap-learn") from e
-    prs = _normalise_pairs(pairs, arrays)
-    rng = np.random.default_rng(seed)
 
-    # choose the lines first, then the rows to draw (which always include the lines' ends)
+
+def _sample_lines(prs, n_lines: int, rng) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """A sample of at most ``n_lines`` pairs of each entry of ``prs``, drawn from ``rng``
+    in the order of the entries."""
     lines = []
-    need: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
     for na, nb, ra, rb in prs:
         take = rng.choice(ra.size, size=min(int(n_lines), ra.size), replace=False) if ra.size else []
         lines.append((na, nb, ra[take], rb[take]))
-        need[na].append(ra[take])
-        need[nb].append(rb[take])
+    return lines
+
+
+def _sample_rows(arrays: dict[str, np.ndarray], lines, max_points: int | None,
+                 rng) -> dict[str, np.ndarray]:
+    """The rows to draw of each node: all of them up to ``max_points``, else a sample of
+    ``max_points`` drawn from ``rng`` plus every row a line ends at (sorted, unique)."""
+    need: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
+    for na, nb, ra, rb in lines:
+        need[na].append(ra)
+        need[nb].append(rb)
     keep = {}
     for name, x in arrays.items():
         n = x.shape[0]
@@ -218,13 +251,19 @@ def plot_projection(
         else:
             base = rng.choice(n, size=max_points, replace=False)
             keep[name] = np.unique(np.concatenate([base, *need[name]]).astype(np.int64))
+    return keep
 
+
+def _project_kept(arrays, keep, normalize: bool, method: str, seed: int):
+    """Project the kept rows of all nodes jointly. Returns ``(proj, pos, axis labels)``:
+    ``proj[name]`` the 2-D points of the node's kept rows and ``pos[name]`` a lookup from
+    a row of the node to its point (-1 for a row not kept)."""
     names = list(arrays)
     xs = [np.asarray(arrays[k][keep[k]], dtype=np.float64) for k in names]
     x = np.concatenate(xs)
     if normalize:
         x = l2_normalize(x, check=False)
-    y, (xl, yl) = _project(x, method, seed)
+    y, axis_labels = _project(x, method, seed)
     offsets = np.cumsum([0] + [len(v) for v in xs])
     proj = {k: y[offsets[i] : offsets[i + 1]] for i, k in enumerate(names)}
     pos = {}
@@ -232,8 +271,11 @@ def plot_projection(
         lut = np.full(arrays[k].shape[0], -1, dtype=np.int64)
         lut[keep[k]] = np.arange(keep[k].size)
         pos[k] = lut
+    return proj, pos, axis_labels
 
-    ax = _new_ax(ax, (9, 6))
+
+def _draw_pair_lines(ax, lines, proj, pos) -> None:
+    """Join the points of the sampled pairs by thin grey lines (one collection)."""
     from matplotlib.collections import LineCollection
 
     segs = []
@@ -245,6 +287,12 @@ def plot_projection(
             segs, colors="0.45", linewidths=0.6, alpha=0.6, zorder=1,
             label=f"paired rows (sample of {len(segs)})",
         ))
+
+
+def _draw_node_points(ax, arrays, proj, colors, point_size) -> float:
+    """One scatter per node, coloured from ``colors`` or the palette; returns the marker
+    size used (``point_size``, else one that shrinks as the points grow in number)."""
+    names = list(arrays)
     pal = _palette(len(names))
     total = sum(v.shape[0] for v in proj.values())
     s = point_size if point_size is not None else float(np.clip(6000 / max(total, 1), 5, 30))
@@ -252,14 +300,7 @@ def plot_projection(
         c = (colors or {}).get(k, pal[i])
         ax.scatter(proj[k][:, 0], proj[k][:, 1], s=s, color=c, alpha=0.7, linewidths=0,
                    label=f"{k} (n={arrays[k].shape[0]})", zorder=2)
-    ax.set_xlabel(xl)
-    ax.set_ylabel(yl)
-    ax.set_title(title if title is not None else f"Joint {method.upper()} projection")
-    ax.autoscale_view()
-    if legend:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                  frameon=False, markerscale=max(1.0, 30 / s) ** 0.5)
-    return ax
+    return s
 
 
 def plot_projection_before_after(
@@ -565,12 +606,36 @@ def plot_graph(
     nodes are drawn as two arcs. Returns the axes.
     """
     import matplotlib
-    import networkx as nx
-    from matplotlib.lines import Line2D
 
     if G.number_of_nodes() == 0:
         raise EmptyData("plot_graph: the graph has no nodes")
     ax = _new_ax(ax, (8, 6.5))
+    pos = _graph_layout(G, pos, seed)
+    mod_handles = _draw_graph_nodes(G, pos, ax, node_size)
+    norm = matplotlib.colors.Normalize(vmin=vmin, vmax=vmax)
+    cm = matplotlib.colormaps[cmap]
+    measured, values, unmeasured = _split_edges(G, weight)
+    _draw_graph_edges(G, pos, ax, measured, values, unmeasured, norm, cm, node_size,
+                      edge_labels)
+    _draw_node_labels(G, pos, ax, node_size)
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cm)
+    sm.set_array([])
+    wname = weight if isinstance(weight, str) else getattr(weight, "__name__", "edge quality")
+    ax.figure.colorbar(sm, ax=ax, label=f"edge quality ({wname})", fraction=0.046, pad=0.02,
+                      shrink=0.8)
+    _graph_legend(ax, mod_handles, bool(unmeasured))
+    ax.set_title(title if title is not None else
+                 f"Modality graph: {G.number_of_nodes()} nodes, {G.number_of_edges()} edges")
+    ax.margins(0.12)
+    ax.set_axis_off()
+    return ax
+
+
+def _graph_layout(G, pos, seed: int) -> dict:
+    """``pos`` when given (it must place every node), else a circle for up to two nodes
+    and a Kamada-Kawai layout (spring layout as a fallback) beyond."""
+    import networkx as nx
+
     if pos is None:
         if G.number_of_nodes() <= 2:
             pos = nx.circular_layout(G)
@@ -582,8 +647,15 @@ def plot_graph(
     missing = [n for n in G.nodes if n not in pos]
     if missing:
         raise UnknownNode(missing[0], pos)
+    return pos
 
-    # nodes, coloured by modality
+
+def _draw_graph_nodes(G, pos, ax, node_size: int) -> list:
+    """Draw the nodes, coloured by their ``"modality"`` attribute when any has one;
+    returns the legend handles of the modalities (none without them)."""
+    import networkx as nx
+    from matplotlib.lines import Line2D
+
     mods = [G.nodes[n].get("modality") for n in G.nodes]
     mod_handles = []
     if any(m is not None for m in mods):
@@ -597,29 +669,41 @@ def plot_graph(
         ncol = ["#a6cee3"] * G.number_of_nodes()
     nx.draw_networkx_nodes(G, pos, ax=ax, node_color=ncol, node_size=node_size,
                            edgecolors="0.2", linewidths=1.0)
+    return mod_handles
 
-    # edges: measured ones by colour/width, unmeasured dashed grey
-    directed = G.is_directed()
-    norm = matplotlib.colors.Normalize(vmin=vmin, vmax=vmax)
-    cm = matplotlib.colormaps[cmap]
+
+def _split_edges(G, weight):
+    """``(measured, values, unmeasured)``: the edges with a finite ``weight`` value and
+    those values, in edge order, and the edges without one."""
     measured, values, unmeasured = [], [], []
     for u, v, d in G.edges(data=True):
         val = _edge_value(weight, u, v, d)
         (unmeasured if val is None else measured).append((u, v))
         if val is not None:
             values.append(val)
+    return measured, values, unmeasured
 
-    def _style(u, v):
-        if directed and G.has_edge(v, u):
-            return "arc3,rad=0.18"
-        return "arc3,rad=0.0"
 
+def _edge_style(G, u, v) -> str:
+    """A bent arc for one of two opposite directed edges, a straight line otherwise."""
+    if G.is_directed() and G.has_edge(v, u):
+        return "arc3,rad=0.18"
+    return "arc3,rad=0.0"
+
+
+def _draw_graph_edges(G, pos, ax, measured, values, unmeasured, norm, cm, node_size,
+                      edge_labels) -> None:
+    """Draw the measured edges coloured and widened by value (labelled with it when
+    ``edge_labels``), then the unmeasured ones dashed grey; arcs before straight lines."""
+    import networkx as nx
+
+    directed = G.is_directed()
     common = dict(ax=ax, node_size=node_size, arrows=True if directed else None)
     if directed:
         common.update(arrowstyle="-|>", arrowsize=16)
     for group, vals, kw in ((measured, values, {}), (unmeasured, None, {"style": "dashed"})):
         for style in ("arc3,rad=0.18", "arc3,rad=0.0"):
-            es = [(u, v) for (u, v) in group if _style(u, v) == style]
+            es = [(u, v) for (u, v) in group if _edge_style(G, u, v) == style]
             if not es:
                 continue
             if vals is not None:
@@ -633,14 +717,23 @@ def plot_graph(
                 ekw["connectionstyle"] = style
             nx.draw_networkx_edges(G, pos, **ekw)
             if edge_labels and vals is not None:
-                lab = {e: f"{x:.2f}" for e, x in zip(es, vs)}
-                lkw = dict(ax=ax, edge_labels=lab, font_size=7, label_pos=0.5,
-                           bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
-                if directed:
-                    lkw["connectionstyle"] = style
-                nx.draw_networkx_edge_labels(G, pos, **lkw)
+                _draw_edge_values(G, pos, ax, es, vs, style if directed else None)
 
-    # node labels under their node, in a light box so that long names stay readable
+
+def _draw_edge_values(G, pos, ax, es, vs, connectionstyle) -> None:
+    """Write each edge's value on it, in a small white box."""
+    import networkx as nx
+
+    lab = {e: f"{x:.2f}" for e, x in zip(es, vs)}
+    lkw = dict(ax=ax, edge_labels=lab, font_size=7, label_pos=0.5,
+               bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+    if connectionstyle is not None:
+        lkw["connectionstyle"] = connectionstyle
+    nx.draw_networkx_edge_labels(G, pos, **lkw)
+
+
+def _draw_node_labels(G, pos, ax, node_size: int) -> None:
+    """Node names under their node, in a light box so that long names stay readable."""
     drop = np.sqrt(node_size) / 2 + 3  # marker radius in points, plus a gap
     for n in G.nodes:
         ax.annotate(
@@ -648,24 +741,19 @@ def plot_graph(
             ha="center", va="top", fontsize=8, zorder=5,
             bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.7", alpha=0.85),
         )
-    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cm)
-    sm.set_array([])
-    wname = weight if isinstance(weight, str) else getattr(weight, "__name__", "edge quality")
-    ax.figure.colorbar(sm, ax=ax, label=f"edge quality ({wname})", fraction=0.046, pad=0.02,
-                      shrink=0.8)
+
+
+def _graph_legend(ax, mod_handles: list, has_unmeasured: bool) -> None:
+    """One legend below the axes: the modalities, and "not measured" for dashed edges."""
+    from matplotlib.lines import Line2D
 
     handles = list(mod_handles)
-    if unmeasured:
+    if has_unmeasured:
         handles.append(Line2D([], [], color="0.6", linestyle="--", label="not measured"))
     if handles:
         ax.legend(handles=handles, title="modality" if mod_handles else None, loc="upper left",
                   bbox_to_anchor=(0.0, -0.02), ncol=min(4, len(handles)), frameon=False,
                   fontsize="small")
-    ax.set_title(title if title is not None else
-                 f"Modality graph: {G.number_of_nodes()} nodes, {G.number_of_edges()} edges")
-    ax.margins(0.12)
-    ax.set_axis_off()
-    return ax
 
 
 # ---------------------------------------------------------------------------

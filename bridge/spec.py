@@ -22,8 +22,9 @@
     [[edges]]
     src = "text:de@e5"
     dst = "text:en@minilm"
-    translator = "mlp"               # linear | procrustes | mlp | relative
+    translator = "mlp"               # linear | procrustes | mlp | relative | identity | auto
     loss = "infonce+mse"             # mlp only
+    # node_center = true             # centre by the nodes' own means (CentredTranslator)
     directions = "both"              # both | forward | backward
     # pairs = "pairs/de-en.csv"      # explicit pair table (default: shared ids)
     # splits = "prefix"              # keep predefined splits (see below)
@@ -52,6 +53,14 @@ in it must exist in its node's cache (the first missing id is named). Pairs are 
 by the ``src`` side (its cache's groups, else its ids), so every clip of one group lands
 in one split.
 
+An edge with ``translator = "identity"`` joins two nodes of one embedding space (one
+multilingual encoder: ``text:de@e5`` and ``text:en@e5`` holding the same words under the same
+ids); nothing is trained, the edge is scored like any other. With such edges an audio node
+linked to ``text:en@e5`` by a pair table is reachable from ``text:de@e5`` through English,
+and ``bridge eval`` scores audio -> ``text:de@e5`` with the pairs composed along the route.
+A node of ten digit words splits into very few validation pairs: lower ``min_val`` under
+``[graph]`` for it.
+
 ``bridge graph build`` trains the edges in order. When an edge fails (a
 :class:`~bridge.errors.BridgeError` while training it), the edges trained before it are
 saved to the out folder all the same and the command exits 2 naming the failed edge (see
@@ -74,10 +83,10 @@ GRAPH_KEYS = {"seed", "fractions", "out", "name", "splits", "min_train", "min_va
 SIZE_KEYS = {"min_train": 1, "min_val": 1, "warn_val": 0}
 NODE_KEYS = {"name", "cache", "prefixes", "modality", "language", "encoder"}
 EDGE_KEYS = {"src", "dst", "translator", "loss", "directions", "pairs", "params",
-             "cycle_weight", "post", "splits"}
+             "cycle_weight", "post", "splits", "node_center"}
 DIRECTIONS = ("both", "forward", "backward")
 #: translator kinds a spec can declare (``posthoc`` wraps another edge: use ``post``)
-SPEC_TRANSLATORS = ("linear", "procrustes", "mlp", "relative", "identity")
+SPEC_TRANSLATORS = ("linear", "procrustes", "mlp", "relative", "identity", "auto")
 
 
 class SpecError(BridgeError, ValueError):
@@ -282,6 +291,10 @@ def _check_edge(e: dict, at: str, names: set, base: Path, check_files: bool) -> 
         _expect(kind == "mlp" and d == "both",
                 f"{at}: cycle_weight {cw!r} needs translator 'mlp' and directions 'both' "
                 f"(both directions trained together), got {kind!r} and {d!r}")
+    nc = e.get("node_center", False)
+    _expect(isinstance(nc, bool), f"{at}: 'node_center' must be true or false, got {nc!r}")
+    _expect(not (nc and cw > 0), f"{at}: node_center cannot be combined with cycle_weight "
+                                 f"{cw!r} (both directions trained together)")
     if "post" in e:
         try:
             parse_post(e["post"])
@@ -340,9 +353,10 @@ def build_graph_from_spec(spec: dict, progress: bool = False, log=print):
             reports = graph.connect(e["src"], e["dst"], translator=e.get("translator", "mlp"),
                                     loss=e.get("loss"), directions=e.get("directions", "both"),
                                     pairs=e.get("pairs"), cycle_weight=e.get("cycle_weight", 0.0),
-                                    post=e.get("post"), splits=e.get("splits"), **params)
+                                    post=e.get("post"), splits=e.get("splits"),
+                                    node_center=e.get("node_center", False), **params)
         except BridgeError as ex:
-            cause = " ".join(str(ex).split())
+            cause = _cause(ex, e["src"], e["dst"])
             raise EdgeFailed(f"edges[{i}] {e['src']!r} -> {e['dst']!r} failed: {cause}",
                              graph, i, i, ex) from ex
         for (s, d), m in reports.items():
@@ -368,12 +382,20 @@ def _precheck_edges(graph, edges) -> None:
                 warnings.simplefilter("ignore")
                 graph.check_split_sizes(a, b, P, idx, rule)  # the graph's own minimum sizes
         except NoPairs as ex:
-            raise type(ex)(f"{at}: {' '.join(str(ex).split())}") from None
+            raise type(ex)(f"{at}: {_cause(ex, a, b)}") from None
         if e.get("translator", "mlp") == "identity":
             da, db = graph.node(a)["dim"], graph.node(b)["dim"]
             if da != db:
                 raise DimensionMismatch(f"edges[{i}] {a!r} -> {b!r}: an identity edge needs one "
                                         f"space on both sides; got dimensions {da} and {db}")
+
+
+def _cause(ex: BridgeError, a: str, b: str) -> str:
+    """``ex``'s message on one line, without the ``edge 'a' -> 'b': `` it may start with
+    (the spec's own prefix names the edge already)."""
+    msg = " ".join(str(ex).split())
+    named = f"edge {a!r} -> {b!r}: "
+    return msg[len(named):] if msg.startswith(named) else msg
 
 
 def _check_table_ids(table, graph, a: str, b: str, path: str, at: str) -> None:

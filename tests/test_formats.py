@@ -54,7 +54,9 @@ def test_parquet_values_ids_and_groups_equal_the_source(tmp_path):
     np.testing.assert_array_equal(c.emb, x)
     assert c.emb.dtype == np.float32
     assert list(c.ids) == ids and list(c.groups) == groups
-    assert c.meta == {"modality": "audio", "name": "a"}
+    assert c.meta == {"modality": "audio", "name": "a", "table": {
+        "format": "parquet", "embedding_column": "embedding", "id_column": "id",
+        "groups_column": "speaker"}}
     # a list column of equal lengths reads the same; so do integer ids (as strings)
     t = list_table(x, ids).set_column(1, "id", pa.array(range(7)))
     pq.write_table(t, tmp_path / "b.parquet", row_group_size=3)  # several chunks

@@ -185,6 +185,39 @@ def build_cache(
     differ in width raises :class:`~bridge.errors.DimensionMismatch` naming the part and
     the widths, before the new chunk is written.
     """
+    items, ids, groups, chunk_size = _check_build_inputs(items, ids, groups, chunk_size)
+    out_dir = Path(out_dir)
+    info = _encoder_info(encoder)
+    manifest = {
+        "encoder": info.get("encoder"),
+        "model": info.get("model"),
+        "rows": len(items),
+        "chunk_size": chunk_size,
+        "ids": _ids_digest(ids),
+    }
+    check_replace(out_dir, ("cache", "cache-build"), overwrite)
+    if not overwrite and (out_dir / "embeddings.npy").exists():
+        done = _finished_cache(out_dir, ids, manifest)
+        if done is not None:
+            return done
+        check_same_encoder(out_dir, {**_described(info), **(meta or {})})
+
+    parts = out_dir / _PARTS
+    _discard_stale_parts(parts, manifest, overwrite)
+    bounds = _chunk_bounds(len(items), chunk_size)
+    dim = _check_part_widths(parts, bounds) if parts.exists() else None
+    parts.mkdir(parents=True, exist_ok=True)
+    write_json(parts / _MANIFEST, manifest)
+    todo = _missing_chunks(parts, bounds)
+    _encode_chunks(encoder, items, bounds, todo, parts, dim, batch_size=batch_size,
+                   progress=progress, name=info.get("encoder"), out_dir=out_dir)
+    emb = _assemble_parts(parts, bounds)
+    return _save_built(out_dir, ids, emb, groups, info, manifest, meta, dtype, overwrite)
+
+
+def _check_build_inputs(items, ids, groups, chunk_size):
+    """``(items, ids, groups, chunk_size)`` checked and normalised: items a sequence, ids
+    and groups strings (one per item), chunk_size a positive int."""
     if isinstance(items, (str, bytes, os.PathLike)):
         raise InvalidParameter(f"parameter 'items' must be a list of inputs, not a single "
                                f"string or path, got {str(items)[:60]!r}")
@@ -202,83 +235,73 @@ def build_cache(
             raise DimensionMismatch(f"build_cache: {n} items but {len(groups)} groups")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise InvalidParameter(f"parameter 'chunk_size' must be a positive integer, got {chunk_size!r}")
-    chunk_size = int(chunk_size)
+    return items, ids, groups, int(chunk_size)
 
-    out_dir = Path(out_dir)
-    info = _encoder_info(encoder)
-    manifest = {
-        "encoder": info.get("encoder"),
-        "model": info.get("model"),
-        "rows": n,
-        "chunk_size": chunk_size,
-        "ids": _ids_digest(ids),
-    }
-    check_replace(out_dir, ("cache", "cache-build"), overwrite)
-    new_meta = {**{k: v for k, v in info.items() if v is not None}, **(meta or {})}
-    if not overwrite and (out_dir / "embeddings.npy").exists():
-        done = _finished_cache(out_dir, ids, manifest)
-        if done is not None:
-            return done
-        check_same_encoder(out_dir, new_meta)
 
-    parts = out_dir / _PARTS
-    man_path = parts / _MANIFEST
-    if parts.exists():
-        old = None
-        try:
-            old = json.loads(man_path.read_text())
-        except (OSError, ValueError):
-            pass
-        if old != manifest:
-            same = isinstance(old, dict) and (old.get("encoder"), old.get("model")) == (
-                manifest["encoder"], manifest["model"])
-            if not same and not overwrite and isinstance(old, dict):
-                raise FolderExists(
-                    f"{parts} holds unfinished parts made by encoder {old.get('encoder')!r} "
-                    f"(model {old.get('model')!r}); this run uses {manifest['encoder']!r} "
-                    f"(model {manifest['model']!r}); refusing to discard them (pass "
-                    "overwrite=True / --overwrite, or choose another --out)")
-            warnings.warn(
-                f"discarding unfinished parts in {parts}: they were made for another "
-                "encoder, id list or chunk size",
-                stacklevel=2,
-            )
-            shutil.rmtree(parts)
+def _described(info: dict) -> dict:
+    """The encoder's description without its unknown (None) entries."""
+    return {k: v for k, v in info.items() if v is not None}
 
+
+def _discard_stale_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
+    """Delete ``parts/`` (with a warning) when its manifest is not this build's.
+
+    Parts of another encoder or model are refused with :class:`FolderExists` unless
+    ``overwrite``; parts of the same encoder for other ids or another chunk size, or
+    without a readable manifest, are discarded."""
+    if not parts.exists():
+        return
+    old = None
+    try:
+        old = json.loads((parts / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        pass
+    if old == manifest:
+        return
+    same = isinstance(old, dict) and (old.get("encoder"), old.get("model")) == (
+        manifest["encoder"], manifest["model"])
+    if not same and not overwrite and isinstance(old, dict):
+        raise FolderExists(
+            f"{parts} holds unfinished parts made by encoder {old.get('encoder')!r} "
+            f"(model {old.get('model')!r}); this run uses {manifest['encoder']!r} "
+            f"(model {manifest['model']!r}); refusing to discard them (pass "
+            "overwrite=True / --overwrite, or choose another --out)")
+    warnings.warn(
+        f"discarding unfinished parts in {parts}: they were made for another "
+        "encoder, id list or chunk size",
+        stacklevel=3,  # the caller of build_cache
+    )
+    shutil.rmtree(parts)
+
+
+def _chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each chunk of ``chunk_size`` rows (the last may be shorter)."""
     n_chunks = -(-n // chunk_size)
-    bounds = [(k * chunk_size, min(n, (k + 1) * chunk_size)) for k in range(n_chunks)]
-    dim = _check_part_widths(parts, bounds) if parts.exists() else None
-    parts.mkdir(parents=True, exist_ok=True)
-    write_json(man_path, manifest)
-    todo = [k for k, (a, b) in enumerate(bounds) if _read_part(_part_path(parts, k), b - a) is None]
+    return [(k * chunk_size, min(n, (k + 1) * chunk_size)) for k in range(n_chunks)]
 
+
+def _missing_chunks(parts: Path, bounds) -> list[int]:
+    """The numbers of the chunks with no finished, readable part, in order."""
+    return [k for k, (a, b) in enumerate(bounds) if _read_part(_part_path(parts, k), b - a) is None]
+
+
+def _encode_chunks(encoder, items, bounds, todo, parts: Path, dim: int | None, *,
+                   batch_size, progress: bool, name, out_dir) -> None:
+    """Encode the chunks numbered ``todo``, writing each as soon as it is done.
+
+    Ctrl-C raises :class:`BuildInterrupted` with the rows in finished parts (those done
+    before, and those of this call); the progress bar is closed whatever happens."""
+    n = bounds[-1][1]
     done_rows = n - sum(bounds[k][1] - bounds[k][0] for k in todo)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=n, initial=n - sum(bounds[k][1] - bounds[k][0] for k in todo),
-            desc=f"encoding {info.get('encoder')}", unit="row",
-        )
+        bar = tqdm(total=n, initial=done_rows, desc=f"encoding {name}", unit="row")
     try:
         for k in todo:
             a, b = bounds[k]
-            x = np.asarray(encoder.encode(items[a:b], batch_size=batch_size, progress=False))
-            if x.ndim != 2 or x.shape[0] != b - a:
-                raise BridgeError(
-                    f"encoder {info.get('encoder')!r} returned shape {x.shape} for {b - a} items"
-                )
-            if dim is not None and x.shape[1] != dim:
-                raise DimensionMismatch(
-                    f"encoder {info.get('encoder')!r} returned width {x.shape[1]} for "
-                    f"{_part_path(parts, k).name} but the finished parts in {parts} have width "
-                    f"{dim}; nothing was written for it (same encoder name, another model? "
-                    "pass overwrite=True to start again)")
-            dim = x.shape[1]
-            buf = io.BytesIO()
-            np.save(buf, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
-            atomic_write_bytes(_part_path(parts, k), buf.getvalue())
+            dim = _encode_chunk(encoder, items, a, b, _part_path(parts, k), dim, batch_size, name)
             done_rows += b - a
             if bar is not None:
                 bar.update(b - a)
@@ -290,6 +313,29 @@ def build_cache(
         if bar is not None:
             bar.close()
 
+
+def _encode_chunk(encoder, items, a: int, b: int, path: Path, dim: int | None, batch_size,
+                  name) -> int:
+    """Encode ``items[a:b]`` and write the rows (float32) atomically to ``path``; returns
+    their width. A wrong shape, or a width other than ``dim`` (the finished parts'),
+    raises before anything is written."""
+    x = np.asarray(encoder.encode(items[a:b], batch_size=batch_size, progress=False))
+    if x.ndim != 2 or x.shape[0] != b - a:
+        raise BridgeError(f"encoder {name!r} returned shape {x.shape} for {b - a} items")
+    if dim is not None and x.shape[1] != dim:
+        raise DimensionMismatch(
+            f"encoder {name!r} returned width {x.shape[1]} for "
+            f"{path.name} but the finished parts in {path.parent} have width "
+            f"{dim}; nothing was written for it (same encoder name, another model? "
+            "pass overwrite=True to start again)")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(x, dtype=np.float32), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+    return x.shape[1]
+
+
+def _assemble_parts(parts: Path, bounds) -> np.ndarray:
+    """All the finished parts, in order, as one array."""
     chunks = []
     for k, (a, b) in enumerate(bounds):
         x = _read_part(_part_path(parts, k), b - a)
@@ -299,9 +345,13 @@ def build_cache(
     dims = {c.shape[1] for c in chunks}
     if len(dims) != 1:
         raise DimensionMismatch(f"parts in {parts} have different widths {sorted(dims)}")
-    emb = np.concatenate(chunks, axis=0)
+    return np.concatenate(chunks, axis=0)
 
-    m = {**{k: v for k, v in info.items() if v is not None}, "dim": int(emb.shape[1])}
+
+def _save_built(out_dir: Path, ids, emb, groups, info, manifest, meta, dtype,
+                overwrite) -> Cache:
+    """Save the finished cache into ``out_dir`` (dropping ``parts/``) and read it back."""
+    m = {**_described(info), "dim": int(emb.shape[1])}
     m["build"] = manifest
     m.update(meta or {})
     m.setdefault("name", out_dir.name)
@@ -314,7 +364,7 @@ def build_cache(
         for f in (tmp / "cache").iterdir():
             os.replace(f, tmp / f.name)
         (tmp / "cache").rmdir()
-    shutil.rmtree(parts, ignore_errors=True)
+    shutil.rmtree(out_dir / _PARTS, ignore_errors=True)
     return load_cache(out_dir)
 
 
