@@ -24,7 +24,7 @@ from .errors import InvalidParameter
 from .store import check_embeddings, check_finite_rows  # noqa: F401  (re-exported)
 
 __all__ = ["TRANSLATE_CHUNK", "check_header", "check_finite_rows", "read_rows", "RowView",
-           "MappedRows", "materialize", "check_chunk_size"]
+           "MappedRows", "materialize", "check_chunk_size", "column_stats"]
 
 #: rows per block when :meth:`bridge.ModalityGraph.translate` streams its input
 TRANSLATE_CHUNK = 16384
@@ -122,6 +122,23 @@ def read_rows(x, key) -> np.ndarray:
             lo, hi = (int(k.min()), int(k.max()) + 1) if k.size else (0, 0)
         _release(x, lo, hi)
     return out
+
+
+def column_stats(x, chunk: int = 65536, name: str = "embeddings") -> dict:
+    """Mean row (float64 sums, returned as float32), mean L2 norm and row count of the 2-D
+    array ``x``, read ``chunk`` rows at a time (a memory map is streamed, never copied
+    whole). An empty array raises :class:`~bridge.errors.EmptyData` naming ``name``."""
+    from .errors import EmptyData
+
+    n, d = int(x.shape[0]), int(x.shape[1])
+    if n == 0:
+        raise EmptyData(f"{name}: no rows to take statistics of")
+    total, norms = np.zeros(d, np.float64), 0.0
+    for lo in range(0, n, chunk):
+        block = np.asarray(read_rows(x, slice(lo, min(n, lo + chunk))), dtype=np.float64)
+        total += block.sum(0)
+        norms += float(np.sqrt(np.einsum("ij,ij->i", block, block)).sum())
+    return {"mean": (total / n).astype(np.float32), "mean_norm": norms / n, "n": n}
 
 
 class RowView:

@@ -36,10 +36,12 @@ from .errors import (
     EmptyData,
     InvalidParameter,
     NoPairs,
+    NoRoute,
     SmallSampleWarning,
     UnknownNode,
 )
 from .retrieval import l2_normalize
+from .params import check_bool
 from .planner import Route, edge_cost, k_best_routes, route_cost, wilson_lower_bound
 from .store import (
     Cache,
@@ -53,7 +55,8 @@ from .store import (
     split_groups,
 )
 
-__all__ = ["ModalityGraph", "load_graph", "parse_node_name", "MIN_TRAIN", "MIN_VAL", "WARN_VAL"]
+__all__ = ["ModalityGraph", "load_graph", "parse_node_name", "edge_kind", "MIN_TRAIN", "MIN_VAL",
+           "WARN_VAL"]
 
 #: an edge is refused with fewer training pairs than this (graph setting ``min_train``)
 MIN_TRAIN = 2
@@ -159,6 +162,7 @@ class ModalityGraph:
         self.min_train = _as_int("min_train", min_train, 1)
         self.min_val = _as_int("min_val", min_val, 1)
         self.warn_val = _as_int("warn_val", warn_val, 0)
+        self._stats: dict[str, dict] = {}  # node name -> node_stats(), computed on demand
 
     def settings(self) -> dict:
         """Every setting of the graph, as the keyword arguments of :class:`ModalityGraph`
@@ -176,6 +180,7 @@ class ModalityGraph:
         s["splits"] = copy.deepcopy(s["splits"])
         g = ModalityGraph(**s)
         g.G = self.G.copy()
+        g._stats = dict(self._stats)
         return g
 
     # ------------------------------------------------------------------ nodes
@@ -227,6 +232,21 @@ class ModalityGraph:
                     info[k] = cache.meta[k]
         info.update({k: v for k, v in attrs.items() if v is not None})
         self.G.add_node(name, cache=cache, dim=int(dim), **info)
+        self._stats.pop(name, None)
+
+    def node_stats(self, name: str) -> dict:
+        """Statistics of a node's own rows, from its whole cache (no labels needed):
+        ``mean`` (float32 vector), ``mean_norm`` (mean L2 norm of the rows) and ``n``.
+
+        Read once, in chunks (a memory-mapped cache is streamed), and kept until the node
+        is replaced. ``connect(..., node_center=True)`` centres edges by these means.
+        """
+        from .chunks import column_stats
+
+        self._check_node(name)
+        if name not in self._stats:
+            self._stats[name] = column_stats(self.cache(name).emb, name=f"node {name!r}")
+        return self._stats[name]
 
     def add_modality(self, name: str, cache, link_to: str | Sequence[str] | None = None,
                      translator="mlp", loss: str | None = None, directions: str = "both",
@@ -251,11 +271,13 @@ class ModalityGraph:
                                           directions=directions, pairs=pairs, splits=splits,
                                           cycle_weight=cycle_weight, **fit_options))
         self.G = staged.G
+        self._stats.update(staged._stats)
         return reports
 
     def remove_node(self, name: str) -> None:
         self._check_node(name)
         self.G.remove_node(name)
+        self._stats.pop(name, None)
 
     # ------------------------------------------------------------------ edges
     def pairs(self, a: str, b: str, pairs=None) -> Pairs:
@@ -289,11 +311,15 @@ class ModalityGraph:
 
     def connect(self, a: str, b: str, translator="mlp", loss: str | None = None,
                 directions: str = "both", pairs=None, splits: dict | None = None,
-                cycle_weight: float = 0.0, post: str | None = None, **fit_options) -> dict:
+                cycle_weight: float = 0.0, post: str | None = None, node_center: bool = False,
+                **fit_options) -> dict:
         """Train translator edge(s) between existing nodes ``a`` and ``b``.
 
         ``translator`` is a kind (``"linear"``, ``"procrustes"``, ``"mlp"``,
-        ``"relative"``) or an unfitted :class:`~bridge.translators.Translator` to clone;
+        ``"relative"``, ``"identity"``, or ``"auto"``: fit several kinds and keep the one
+        that validation favours on R@1 and cosine, see
+        :class:`~bridge.translators.AutoTranslator`) or an unfitted
+        :class:`~bridge.translators.Translator` to clone;
         ``loss`` and ``fit_options`` go to it (``loss`` only for ``"mlp"``).
         ``directions`` is ``"both"``, ``"forward"`` (a -> b) or ``"backward"`` (b -> a).
         With ``directions="both"``, an MLP and ``cycle_weight > 0``, both directions are
@@ -301,6 +327,11 @@ class ModalityGraph:
         (:meth:`~bridge.translators.MLPTranslator.fit_pair`). ``post`` adds post-hoc alignment
         fitted on the training pairs after training (``"center"``, ``"procrustes"`` or
         ``"center+procrustes"``, see :class:`~bridge.translators.PostHocTranslator`).
+        ``node_center=True`` trains and applies each edge between its nodes' own means
+        (:meth:`node_stats`; :class:`~bridge.translators.CentredTranslator`): the source
+        node's mean is removed before the translator and the target node's added after
+        it, so rows of another node reaching the edge through centred identity edges
+        arrive centred by their own node's mean.
 
         Pairs are split by ``splits`` or else the graph's rule. A split with fewer than
         ``min_train`` training or ``min_val`` validation pairs (graph settings, 2 and 5 by
@@ -309,9 +340,11 @@ class ModalityGraph:
         :class:`~bridge.errors.SmallSampleWarning`. Returns ``{(src, dst): metrics}``.
         """
         from .translators import make_translator
+        from .translators import CentredTranslator
         from .translators.posthoc import PostHocTranslator, parse_post
 
         post_steps = parse_post(post)
+        node_center = check_bool("node_center", node_center)
         self._check_node(a, b)
         if directions not in ("both", "forward", "backward"):
             raise InvalidParameter(f"directions must be 'both', 'forward' or 'backward', got {directions!r}")
@@ -342,6 +375,10 @@ class ModalityGraph:
 
         fitted = {}
         kind = translator if isinstance(translator, str) else getattr(translator, "kind", None)
+        if node_center and directions == "both" and cycle_weight > 0:
+            raise InvalidParameter(f"node_center=True cannot be combined with cycle_weight="
+                                   f"{cycle_weight!r} (both directions trained together); train "
+                                   "the directions separately or leave node_center=False")
         if directions == "both" and cycle_weight > 0:
             if kind != "mlp":
                 raise InvalidParameter(f"cycle_weight={cycle_weight!r} needs translator='mlp' (both "
@@ -357,6 +394,9 @@ class ModalityGraph:
             for src, dst, Q in todo:
                 cs, cd = self.cache(src), self.cache(dst)
                 T = make_translator(translator, **params)
+                if node_center:
+                    T = CentredTranslator(T, in_mean=self.node_stats(src)["mean"],
+                                          out_mean=self.node_stats(dst)["mean"])
                 tr, va = idx["train"], idx["val"]
                 with progress_desc(f"{src} -> {dst}"):  # names the training progress bar
                     T.fit(cs.vectors(Q.a_rows[tr]), cd.vectors(Q.b_rows[tr]),
@@ -444,9 +484,8 @@ class ModalityGraph:
         self._put_edge(a, b, translator, dict(metrics or {}), {})
 
     def _put_edge(self, a, b, T, metrics, split_info, pair_info=None):
-        kind = f"{T.base.kind}+{T.steps}" if T.kind == "posthoc" else T.kind
         self.G.add_edge(a, b, translator=T, metrics=metrics, cost=edge_cost(metrics),
-                        kind=kind, split=split_info, pair_table=pair_info)
+                        kind=edge_kind(T), split=split_info, pair_table=pair_info)
 
     def split_rule(self, a: str, b: str):
         """The split rule the edge ``a -> b`` (else ``b -> a``) was trained with: ``"prefix"``,
@@ -480,10 +519,49 @@ class ModalityGraph:
         try:
             P = pair_by_ids(self.cache(a), self.cache(b))
         except NoPairs as e:
+            composed = None if direct else self.composed_pairs(a, b)
+            if composed is not None:
+                return composed
             raise NoPairs(f"{e}: no edge between {a!r} and {b!r} stores a pair table (edges "
-                          "trained with connect(..., pairs=table) keep theirs); pass "
-                          f"pairs= (a PairTable or a list of ({a!r} id, {b!r} id) pairs)") from e
+                          "trained with connect(..., pairs=table) keep theirs), and no route "
+                          f"joins them; pass pairs= (a PairTable or a list of ({a!r} id, "
+                          f"{b!r} id) pairs)") from e
         return P, rule
+
+    def composed_pairs(self, a: str, b: str) -> tuple[Pairs, "str | dict | None"] | None:
+        """Pairs of ``a`` and ``b`` chained along the cheapest route's hops, for nodes that
+        share no ids and no pair table: a clip paired (by its edge's table) with the English
+        word of its digit, that word paired (by id) with the German word, gives the clip and
+        the German word. Groups and split rule are those of the first hop that stores a pair
+        table (else the first hop), so a composed test pair is a test pair of that edge.
+        None when no route joins the nodes or nothing chains through."""
+        try:
+            nodes = self.route(a, b).nodes
+        except NoRoute:
+            return None
+        hops = [self.edge_pairs(u, v) for u, v in zip(nodes, nodes[1:])]
+        tabled = [i for i, (u, v) in enumerate(zip(nodes, nodes[1:]))
+                  if any(self.G.has_edge(x, y) and self.G.edges[x, y].get("pair_table") is not None
+                         for x, y in ((u, v), (v, u)))]
+        keep = tabled[0] if tabled else 0
+        first = hops[0][0]
+        rows, at, group = np.arange(len(first)), first.b_rows, first.groups
+        for i, (P, _) in enumerate(hops[1:], 1):
+            # every composed pair so far, joined with every pair of this hop leaving its row
+            order = np.argsort(P.a_rows, kind="stable")
+            lo = np.searchsorted(P.a_rows[order], at, "left")
+            n = np.searchsorted(P.a_rows[order], at, "right") - lo
+            left = np.repeat(np.arange(at.size), n)
+            right = order[np.repeat(lo, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)]
+            rows, at = rows[left], P.b_rows[right]
+            group = P.groups[right] if i == keep else group[left]
+        src_rows = first.a_rows[rows]
+        if src_rows.size == 0:
+            return None
+        _, first_of = np.unique(np.stack([src_rows, at]), axis=1, return_index=True)
+        first_of = np.sort(first_of)
+        return (Pairs(src_rows[first_of], at[first_of], np.asarray(group)[first_of]),
+                hops[keep][1])
 
     def edge(self, a: str, b: str) -> dict:
         self._check_node(a, b)
@@ -695,6 +773,19 @@ def _check_rows(rows, n: int, node: str) -> np.ndarray:
     if bad.size:
         raise InvalidParameter(f"rows of {node!r}: row {int(bad[0])} is outside 0..{n - 1}")
     return r.astype(np.int64, copy=False)
+
+
+def edge_kind(T) -> str:
+    """The kind an edge shows: ``"mlp"``, ``"mlp+center"`` (post-hoc steps after a ``+``),
+    ``"linear@centred"`` (node-centred), ``"auto:procrustes"`` (chosen by
+    ``translator="auto"``), or a combination."""
+    if T.kind == "posthoc":
+        return f"{edge_kind(getattr(T, 'base_', T.base))}+{T.steps}"
+    if T.kind == "centred":
+        return f"{edge_kind(getattr(T, 'base_', T.base))}@centred"
+    if T.kind == "auto":
+        return f"auto:{edge_kind(T.best_)}"
+    return T.kind
 
 
 def _node_attrs(d: dict) -> dict:

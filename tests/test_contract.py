@@ -19,6 +19,8 @@ from bridge.errors import InvalidParameter, NotFittedError
 from bridge.metrics import paired_retrieval
 from bridge.training import train
 from bridge.translators import (
+    AutoTranslator,
+    CentredTranslator,
     IdentityTranslator,
     LinearTranslator,
     MLPTranslator,
@@ -38,6 +40,11 @@ KINDS = {
     "relative": lambda: RelativeTranslator(n_anchors=60, k=8, power=4.0, seed=1),
     "identity": lambda: IdentityTranslator(),
     "posthoc": lambda: PostHocTranslator(LinearTranslator(alpha=0.5), steps="center+procrustes"),
+    "centred": lambda: CentredTranslator(LinearTranslator(alpha=0.5)),
+    "auto": lambda: AutoTranslator(candidates=["procrustes", {"kind": "linear", "alpha": 0.5}]),
+    "centred_posthoc": lambda: CentredTranslator(
+        PostHocTranslator(ProcrustesTranslator(), steps="center"),
+        in_mean=np.full(8, 0.1, np.float32), out_mean=np.full(8, 0.5, np.float32)),
 }
 
 
@@ -52,7 +59,8 @@ def _data(seed=0, n=120, d=8, noise=0.3):
 def _plain(params: dict) -> dict:
     """Parameters with wrapped translators replaced by (class, their plain parameters)."""
     return {k: (type(v).__name__, _plain(v.get_params(deep=False)))
-            if isinstance(v, Translator) else v for k, v in params.items()}
+            if isinstance(v, Translator) else v.tolist() if isinstance(v, np.ndarray) else v
+            for k, v in params.items()}
 
 
 @pytest.fixture(params=sorted(KINDS))

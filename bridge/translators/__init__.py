@@ -7,6 +7,8 @@ from .relative import RelativeTranslator
 from .mlp import MLPTranslator
 from .posthoc import PostHocTranslator
 from .identity import IdentityTranslator
+from .centred import CentredTranslator
+from .auto import AutoTranslator
 
 __all__ = [
     "Translator",
@@ -16,6 +18,8 @@ __all__ = [
     "MLPTranslator",
     "PostHocTranslator",
     "IdentityTranslator",
+    "CentredTranslator",
+    "AutoTranslator",
     "load_translator",
     "make_translator",
     "TRANSLATORS",

@@ -28,7 +28,8 @@ from ..files import atomic_dir, dumps_json, read_json, to_jsonable
 from ..params import validate_params
 from ..store import check_embeddings
 
-__all__ = ["Translator", "register", "load_translator", "TRANSLATORS", "make_translator"]
+__all__ = ["Translator", "register", "load_translator", "TRANSLATORS", "make_translator",
+           "restore_base", "WRAPPERS"]
 
 TRANSLATORS: dict[str, type] = {}
 
@@ -240,7 +241,7 @@ def make_translator(kind: str | Translator, **params) -> Translator:
 
 
 def _ensure_registered():
-    from . import identity, linear, mlp, posthoc, procrustes, relative  # noqa: F401  (registration)
+    from . import auto, centred, identity, linear, mlp, posthoc, procrustes, relative  # noqa: F401  (registration)
 
 
 def load_translator(path) -> Translator:
@@ -298,6 +299,22 @@ def _restore(cfg: dict, tensors: dict) -> Translator:
     return obj
 
 
+#: translator kinds that wrap a base translator -> the kinds their base may not be
+WRAPPERS = {"posthoc": ("posthoc",), "centred": ("centred",),
+            "auto": ("auto", "centred", "posthoc")}
+
+
+def restore_base(config: dict, tensors: dict) -> Translator:
+    """The fitted base translator a wrapper's ``config["extra"]["base"]`` and its
+    ``base.``-prefixed tensors describe."""
+    bc = config["extra"]["base"]
+    base = TRANSLATORS[bc["kind"]](**bc.get("params", {}))
+    base.in_dim_, base.out_dim_ = int(bc["in_dim"]), int(bc["out_dim"])
+    base.fit_report_ = bc.get("fit_report", {})
+    base._set_state({k[5:]: v for k, v in tensors.items() if k.startswith("base.")}, bc)
+    return base
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -331,14 +348,16 @@ def _check_config(cfg, where: str) -> None:
         fail("params", str(e))
     except TypeError as e:  # a parameter name the class does not take
         fail("params", f"{e}; expected parameters {cls._param_names()}")
-    if kind == "posthoc":
+    if kind in WRAPPERS:
         extra = cfg.get("extra", {})
         if not isinstance(extra.get("base"), dict):
             fail("extra.base", "expected the base translator's config (an object)")
         base = extra["base"]
         _check_config(base, f"{where}: extra.base")
-        if base["kind"] == "posthoc":
-            fail("extra.base.kind", "a post-hoc translator's base cannot itself be post-hoc")
+        if base["kind"] in WRAPPERS[kind]:
+            fail("extra.base.kind", f"a {kind!r} translator's base cannot be {base['kind']!r}")
+        if kind == "centred" and extra.get("means", "training") not in ("training", "given"):
+            fail("extra.means", f"expected 'training' or 'given', got {extra.get('means')!r:.40}")
         if base["in_dim"] != cfg["in_dim"] or base["out_dim"] != cfg["out_dim"]:
             fail("extra.base", f"base dimensions ({base['in_dim']}, {base['out_dim']}) differ "
                                f"from in_dim, out_dim ({cfg['in_dim']}, {cfg['out_dim']})")
@@ -368,10 +387,13 @@ def _expected_shapes(cfg: dict, n_tensors: int | None = None) -> dict[str, tuple
                               f"holds only {n_tensors} tensors")
         net = _restore_net(cfg)
         return {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    if kind == "posthoc":
+    if kind in WRAPPERS:
         base = cfg["extra"]["base"]
         out = {f"base.{k}": v for k, v in (_expected_shapes(base, n_tensors) or {}).items()}
-        out.update({"shift": (o,), "R?": (o, o), "mx?": (o,), "my?": (o,), "s?": (1,)})
+        if kind == "posthoc":
+            out.update({"shift": (o,), "R?": (o, o), "mx?": (o,), "my?": (o,), "s?": (1,)})
+        elif kind == "centred":
+            out.update({"in_mean": (i,), "out_mean": (o,)})
         return out
     return None
 

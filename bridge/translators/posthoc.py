@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InvalidParameter
 from ..params import Satisfies
-from .base import TRANSLATORS, Translator, register
+from .base import Translator, register, restore_base
 from .functional import affine_apply, procrustes_fit
 
 __all__ = ["PostHocTranslator", "POST_STEPS", "parse_post"]
@@ -113,12 +113,7 @@ class PostHocTranslator(Translator):
         return st
 
     def _set_state(self, tensors, config):
-        bc = config["extra"]["base"]
-        base = TRANSLATORS[bc["kind"]](**bc.get("params", {}))
-        base.in_dim_, base.out_dim_ = int(bc["in_dim"]), int(bc["out_dim"])
-        base.fit_report_ = bc.get("fit_report", {})
-        base._set_state({k[5:]: v for k, v in tensors.items() if k.startswith("base.")}, bc)
-        self.base = self.base_ = base
+        self.base = self.base_ = restore_base(config, tensors)
         self.shift_ = tensors["shift"]
         self.R_ = tensors.get("R")
         if self.R_ is not None:
