@@ -32,6 +32,7 @@ __all__ = [
     "M30K_LANGS",
     "m30k_path",
     "load_m30k",
+    "m30k_cache",
     "set_seed",
     "set_threads",
     "command_line",
@@ -39,6 +40,7 @@ __all__ = [
     "aggregate",
     "write_result",
     "format_table",
+    "fmt_stat",
     "Timer",
 ]
 
@@ -93,6 +95,34 @@ def load_m30k(split: str, lang: str, encoder: str, rows: int | None = None) -> n
         _CACHE[key] = np.load(path).astype(np.float32)
     arr = _CACHE[key]
     return arr if rows is None else arr[:rows]
+
+
+def m30k_cache(lang: str, encoder: str, train_rows=None):
+    """One node cache of Multi30K: the train, val and test rows stacked, ids and groups
+    ``"<split>:<line>"`` (so ``splits="prefix"`` keeps Multi30K's own splits).
+
+    ``train_rows`` keeps only these training lines (an int: the first N; an index array:
+    those lines, ids keep their line numbers); ``"none"`` keeps no training row. Splits
+    with no file for ``lang``/``encoder`` (German MiniLM training rows) are left out.
+    """
+    from bridge.store import Cache, concat_caches
+
+    parts, prefixes = [], []
+    for split in M30K_SPLITS:
+        if split == "train" and isinstance(train_rows, str) and train_rows == "none":
+            continue
+        if not m30k_path(split, lang, encoder).exists():
+            continue
+        arr = load_m30k(split, lang, encoder)
+        lines = np.arange(arr.shape[0])
+        if split == "train" and train_rows is not None:
+            lines = lines[:train_rows] if np.isscalar(train_rows) else np.asarray(train_rows)
+            arr = arr[lines]
+        parts.append(Cache.from_arrays(arr, ids=[str(i) for i in lines]))
+        prefixes.append(split)
+    cache = concat_caches(parts, prefixes)
+    cache.meta.update({"name": f"multi30k.{lang}.{encoder}", "language": lang, "encoder": encoder})
+    return cache
 
 
 # ---------------------------------------------------------------------------
@@ -214,6 +244,20 @@ def format_table(rows: Sequence[Sequence], header: Sequence[str]) -> str:
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def fmt_stat(stat, scale: float = 100.0, digits: int = 1, sep: str = " ± ") -> str:
+    """``mean ± std`` of a :func:`mean_std` block scaled by ``scale`` (the mean alone for one
+    run, ``-`` for none); a plain number is printed as is."""
+    if stat is None:
+        return "-"
+    if not isinstance(stat, Mapping):
+        return f"{scale * float(stat):.{digits}f}"
+    if stat.get("n", 0) == 0:
+        return "-"
+    if stat["n"] == 1:
+        return f"{scale * stat['mean']:.{digits}f}"
+    return f"{scale * stat['mean']:.{digits}f}{sep}{scale * stat['std']:.{digits}f}"
 
 
 class Timer:

@@ -51,8 +51,10 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     aggregate,
+    fmt_stat,
     format_table,
     load_m30k,
+    m30k_cache,
     m30k_path,
     mean_std,
     results_dir,
@@ -118,11 +120,7 @@ def walk_str(nodes) -> str:
 
 def pm(stat: dict, digits: int = 3) -> str:
     """``mean ± std`` of a :func:`common.mean_std` block (just the mean for one run)."""
-    if stat is None or stat.get("n", 0) == 0:
-        return "-"
-    if stat["n"] == 1:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return fmt_stat(stat, scale=1.0, digits=digits)
 
 
 # ---------------------------------------------------------------------------
@@ -131,17 +129,11 @@ def pm(stat: dict, digits: int = 3) -> str:
 
 def load_caches(limit_train: int | None):
     """One cache per node: train/val/test rows stacked with ids ``"<split>:<line>"``."""
-    from bridge.store import Cache, concat_caches
-
     caches, sizes = {}, {}
     for node, (lang, enc) in NODE_DATA.items():
-        parts = [Cache.from_arrays(load_m30k(s, lang, enc, limit_train if s == "train" else None),
-                                   meta={"name": f"multi30k.{s}.{lang}.{enc}"})
-                 for s in SPLITS]
-        caches[node] = concat_caches(parts, list(SPLITS))
-        caches[node].meta.update({"name": f"multi30k.{lang}.{enc}", "language": lang,
-                                  "encoder": enc})
-        sizes[node] = {s: len(p) for s, p in zip(SPLITS, parts)}
+        caches[node] = m30k_cache(lang, enc, limit_train)
+        prefixes = np.array([i.split(":", 1)[0] for i in caches[node].ids])
+        sizes[node] = {s: int((prefixes == s).sum()) for s in SPLITS}
     return caches, sizes
 
 
