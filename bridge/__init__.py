@@ -32,8 +32,9 @@ _LAZY = {
 
 #: every module and package of ``bridge``, importable as an attribute (``bridge.plots``)
 _SUBMODULES = {"chunks", "cli", "datasets", "demo", "encoders", "errors", "evaluate", "files",
-               "formats", "fusion", "gap", "graph", "graph_io", "losses", "metrics", "params",
-               "planner", "plots", "retrieval", "spec", "store", "training", "translators"}
+               "formats", "fusion", "gap", "graph", "graph_io", "hubness", "losses", "metrics",
+               "params", "planner", "plots", "retrieval", "spec", "store", "training",
+               "translators"}
 
 from .errors import *  # noqa: E402,F401,F403  (light: no imports beyond the stdlib)
 from .errors import __all__ as _errors_all  # noqa: E402

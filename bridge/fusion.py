@@ -22,6 +22,10 @@ product of the route views side by side, the query views scaled by ``w_r / std_r
 gallery moments are accumulated over row blocks, and reciprocal-rank fusion takes a few
 queries at a time. Views may be arrays, memory maps or lazy row views
 (:class:`bridge.chunks.RowView`); none is copied whole.
+
+With ``scoring="csls"`` or ``"qbnorm"`` and one query bank per route (``banks``), each
+route's ``S_r`` is its hubness-corrected score (:mod:`bridge.hubness`, ranking form: the
+inner product of augmented rows), and every fusion method above combines those.
 """
 
 from __future__ import annotations
@@ -82,6 +86,44 @@ def _normalised(Qs, Gs):
             [normalize(g, f"gallery of route {i}") for i, g in enumerate(Gs)])
 
 
+def _adjustments(Gn, scoring, banks, block: int = 1024):
+    """Each route's bank statistics (:func:`bridge.hubness.gallery_adjustment`) from its own
+    bank in ``banks``; ``None`` for cosine."""
+    from .hubness import Adjustment, gallery_adjustment, parse_scoring
+
+    sc = parse_scoring(scoring)
+    if sc.is_cosine:
+        return None
+    if not isinstance(banks, (list, tuple)) or len(banks) != len(Gn):
+        got = "None" if banks is None else (f"{len(banks)} banks"
+                                            if isinstance(banks, (list, tuple)) else repr(banks))
+        raise InvalidParameter(f"scoring {str(sc)!r} needs banks: a list of one bank per route "
+                               f"({len(Gn)} routes), each translated along its route; got {got}")
+    return [b if isinstance(b, Adjustment) else gallery_adjustment(g, b, sc, block)
+            for g, b in zip(Gn, banks)]
+
+
+def _scored(Qn, Gn, scoring, banks, block: int = 1024):
+    """The views to score: ``(Q, G, normalized, adjustments)``. Cosine: the views as they
+    are. Another scoring: each route's augmented views (:func:`bridge.hubness.adjusted`,
+    already normalised) from its own bank in ``banks``."""
+    from .hubness import adjusted
+
+    adjs = _adjustments(Gn, scoring, banks, block)
+    if adjs is None:
+        return Qn, Gn, False, None
+    out = [adjusted(q, g, a, scoring, block) for q, g, a in zip(Qn, Gn, adjs)]
+    return [o[0] for o in out], [o[1] for o in out], True, [o[2] for o in out]
+
+
+def _scoring_info(scoring, adjs) -> dict:
+    from .hubness import parse_scoring
+
+    if adjs is None:
+        return {}
+    return {"scoring": str(parse_scoring(scoring)), "n_bank": [int(a.n_bank) for a in adjs]}
+
+
 def _check_method(method) -> str:
     if not isinstance(method, str) or method not in FUSION_METHODS:
         raise InvalidParameter(
@@ -112,8 +154,8 @@ class _Moments:
     blocks (``d x d`` memory, whatever the gallery size).
     """
 
-    def __init__(self, g, name: str = "gallery"):
-        n, d, block, _ = row_source(g, name, False)
+    def __init__(self, g, name: str = "gallery", normalized: bool = False):
+        n, d, block, _ = row_source(g, name, normalized)
         mu, second = np.zeros(d), np.zeros((d, d))
         step = max(1, ENGINE_CELLS // max(d, 1))
         for s in range(0, n, step):
@@ -160,28 +202,49 @@ def _competition_ranks(S: np.ndarray) -> np.ndarray:
     return (n - (below - rows * n)).reshape(b, n)
 
 
-def fuse_scores(Q, G, method: str = "zscore", weights=None) -> np.ndarray:
-    """The dense fused score matrix ``(n_queries, n_gallery)`` (see the module doc)."""
-    Qn, Gn = _normalised(*_views(Q, G))
-    w = _weights(method, weights, len(Qn))
-    moments = [_Moments(g) for g in Gn]
+def fuse_scores(Q, G, method: str = "zscore", weights=None, *, scoring=None,
+                banks=None) -> np.ndarray:
+    """The dense fused score matrix ``(n_queries, n_gallery)`` (see the module doc).
+
+    ``scoring`` other than cosine fuses each route's hubness-corrected scores (ranking form,
+    :mod:`bridge.hubness`), computed with its own bank in ``banks`` (one per route)."""
+    Qv, Gv = _views(Q, G)
+    w = _weights(method, weights, len(Qv))
+    Qa, Ga, normalized, _ = _scored(Qv, Gv, scoring, banks)
+    if normalized:
+        Qn = [np.ascontiguousarray(q[:], dtype=np.float32) for q in Qa]
+        Gn = [np.ascontiguousarray(g[:], dtype=np.float32) for g in Ga]
+    else:
+        Qn, Gn = _normalised(Qv, Gv)
+    moments = [_Moments(g, normalized=True) if normalized else _Moments(g) for g in Gn]
     return _dense_block(Qn, Gn, moments, method, w)
 
 
 def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
-                 candidates: int = 100, kind: str = "flat", **index_opts):
+                 candidates: int = 100, kind: str = "flat", *, scoring=None, banks=None,
+                 **index_opts):
     """Top ``k`` gallery rows per query by fused score, through per-route candidate search.
 
     Each route's Faiss index (``kind``: flat, hnsw or ivf) returns its top ``candidates``
     rows; the union is re-scored exactly in every route and fused. Returns
     ``(scores, rows)``, best first, ``min(k, n_gallery)`` columns (``rows`` is ``-1`` where
     fewer were found).
+
+    ``scoring`` other than cosine (with one bank per route in ``banks``): each route's index
+    holds its augmented gallery rows (:func:`bridge.hubness.adjusted`), so candidates are
+    chosen, re-scored and fused by the hubness-corrected scores.
     """
     k = check_k(k)
     candidates = check_k(candidates, "candidates")
     _check_method(method)
     check_index_options(kind, index_opts)
-    Qn, Gn = _normalised(*_views(Q, G))
+    Qv, Gv = _views(Q, G)
+    Qa, Ga, normalized, _ = _scored(Qv, Gv, scoring, banks)
+    if normalized:
+        Qn = [np.ascontiguousarray(q[:], dtype=np.float32) for q in Qa]
+        Gn = [np.ascontiguousarray(g[:], dtype=np.float32) for g in Ga]
+    else:
+        Qn, Gn = _normalised(Qv, Gv)
     w = _weights(method, weights, len(Qn))
     ng = Gn[0].shape[0]
     k = min(k, ng)  # more rows than the gallery holds: all of them (as search() does)
@@ -190,7 +253,7 @@ def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
     for q, g in zip(Qn, Gn):
         index = build_index(g, kind, normalized=True, **index_opts)
         tops.append(index.search(q, c)[1])
-    moments = [_Moments(g) for g in Gn] if method != "rrf" else None
+    moments = [_Moments(g, normalized=normalized) for g in Gn] if method != "rrf" else None
     nq = Qn[0].shape[0]
     out_s = np.full((nq, k), -np.inf)
     out_r = np.full((nq, k), -1, dtype=np.int64)
@@ -212,11 +275,19 @@ def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
 
 
 def fused_metrics(Q, G, relevant=None, method: str = "zscore", weights=None, ks=(1, 5, 10),
-                  candidates: int | None = None, block: int = 512, **index_opts) -> dict:
+                  candidates: int | None = None, block: int = 512, *, scoring=None,
+                  banks=None, **index_opts) -> dict:
     """Retrieval metrics of fused scores (see :func:`bridge.retrieval.retrieval_metrics`).
 
     ``candidates=None`` scores every gallery row (exact ranks). An integer uses
     :func:`fused_search`: a right row outside the fused candidate list counts as not found.
+
+    ``scoring`` other than cosine (``"csls"``, ``"qbnorm"``, see :mod:`bridge.hubness`)
+    fuses each route's hubness-corrected scores: ``banks`` holds one bank per route (that
+    route's own bank queries translated along it, or an :class:`bridge.hubness.Adjustment`
+    of its gallery). z-score and weighted fusion standardise the adjusted scores over the
+    whole gallery, RRF ranks by them. The result then also holds ``scoring`` and the bank
+    sizes (``n_bank``, one per route).
     """
     ks = check_ks(ks)
     _check_method(method)
@@ -230,29 +301,37 @@ def fused_metrics(Q, G, relevant=None, method: str = "zscore", weights=None, ks=
         candidates = min(candidates, ng)  # more candidates than rows is every row
     w = _weights(method, weights, len(Qn))
     ks = tuple(int(k) for k in ks)
+    if candidates is None:
+        Qn, Gn, normalized, adjs = _scored(Qn, Gn, scoring, banks)
+    else:  # fused_search builds the augmented views from these statistics
+        normalized, adjs = False, _adjustments(Gn, scoring, banks)
     if candidates is None and method != "rrf":
         indptr, rows = relevance_csr(relevant, nq, ng)
         if np.any(np.diff(indptr) == 0):
             as_relevance(relevant, nq, ng)  # raises, naming the query without a right row
-        ranks = _fused_ranks(Qn, Gn, indptr, rows, w, [_Moments(g) for g in Gn], block)
+        moments = [_Moments(g, normalized=normalized) if normalized else _Moments(g)
+                   for g in Gn]
+        ranks = _fused_ranks(Qn, Gn, indptr, rows, w, moments, block, normalized)
         m = metrics_from_csr(indptr, ranks, ks)
         m.update({"n_gallery": int(ng), "method": method, "routes": len(Qn),
-                  "candidates": candidates})
+                  "candidates": candidates, **_scoring_info(scoring, adjs)})
         return m
     rel = as_relevance(relevant, nq, ng)
     if candidates is None:  # rrf: every route's full rank of every gallery row
-        ranks = _rrf_ranks(Qn, Gn, rel, block)
+        ranks = _rrf_ranks(Qn, Gn, rel, block, normalized)
     else:
         scores, rows = fused_search(Qn, Gn, k=int(candidates) * len(Qn), method=method,
-                                    weights=w, candidates=candidates, **index_opts)
+                                    weights=w, candidates=candidates, scoring=scoring,
+                                    banks=adjs, **index_opts)
         ranks = ranks_from_lists(rows, rel, scores)
     m = metrics_from_ranks(ranks, ks)
     m.update({"n_gallery": int(ng), "method": method, "routes": len(Qn),
-              "candidates": candidates})
+              "candidates": candidates, **_scoring_info(scoring, adjs)})
     return m
 
 
-def _fused_ranks(Qs, Gs, indptr, rows, w, moments, block: int) -> np.ndarray:
+def _fused_ranks(Qs, Gs, indptr, rows, w, moments, block: int,
+                 normalized: bool = False) -> np.ndarray:
     """Exact ranks under (weighted) z-score fusion, counted by the streamed rank engine.
 
     For one query the fused score ``sum_r w_r (S_r - mean_r) / sd_r`` is, up to a constant,
@@ -260,8 +339,8 @@ def _fused_ranks(Qs, Gs, indptr, rows, w, moments, block: int) -> np.ndarray:
     ``w_r / sd_r``: the engine ranks that product with the galleries streaming by blocks
     (no score matrix of the whole gallery, no normalised copy of any view).
     """
-    qs = [row_source(q, f"queries of route {r}", False) for r, q in enumerate(Qs)]
-    gs = [row_source(g, f"gallery of route {r}", False) for r, g in enumerate(Gs)]
+    qs = [row_source(q, f"queries of route {r}", normalized) for r, q in enumerate(Qs)]
+    gs = [row_source(g, f"gallery of route {r}", normalized) for r, g in enumerate(Gs)]
     nq, ng = qs[0][0], gs[0][0]
     dim = sum(g[1] for g in gs)
     plain = len(Qs) == 1 and w[0] > 0  # a positive scale changes no ranking
@@ -299,11 +378,11 @@ def _ranks_dense(scores: np.ndarray, rel: np.ndarray) -> np.ndarray:
     return above + np.arange(1, rs.size + 1)
 
 
-def _rrf_ranks(Qs, Gs, rel, block: int) -> list[np.ndarray]:
+def _rrf_ranks(Qs, Gs, rel, block: int, normalized: bool = False) -> list[np.ndarray]:
     """Ranks under reciprocal-rank fusion: a few queries at a time get every route's full
     score rows (the galleries stream by blocks into them), so memory stays bounded."""
-    qs = [row_source(q, f"queries of route {r}", False) for r, q in enumerate(Qs)]
-    gs = [row_source(g, f"gallery of route {r}", False) for r, g in enumerate(Gs)]
+    qs = [row_source(q, f"queries of route {r}", normalized) for r, q in enumerate(Qs)]
+    gs = [row_source(g, f"gallery of route {r}", normalized) for r, g in enumerate(Gs)]
     nq, ng = qs[0][0], gs[0][0]
     b = max(1, min(block, ENGINE_CELLS // max(ng, 1)))
     step = max(1, ENGINE_CELLS // max(b, 1))
@@ -343,12 +422,15 @@ def _check_step(step) -> float:
     return step
 
 
-def fit_route_weights(Q, G, relevant=None, step: float = 0.1, metric: str = "R@1") -> np.ndarray:
+def fit_route_weights(Q, G, relevant=None, step: float = 0.1, metric: str = "R@1", *,
+                      scoring=None, banks=None) -> np.ndarray:
     """Per-route weights for ``method="weighted"`` chosen on validation pairs.
 
     Searches the weight simplex on a grid of ``step`` and keeps the weights with the best
     ``metric`` (ties: higher MRR, then the weights closest to uniform). Pass validation
-    queries and gallery here and apply the weights to test.
+    queries and gallery here and apply the weights to test. ``scoring`` and ``banks`` (one
+    per route, none holding these validation queries) fit the weights of fused
+    hubness-corrected scores (see :func:`fused_metrics`).
     """
     _check_step(step)
     if metric not in ("R@1", "R@5", "R@10", "MRR", "mAP"):
@@ -360,11 +442,12 @@ def fit_route_weights(Q, G, relevant=None, step: float = 0.1, metric: str = "R@1
     indptr, rows = relevance_csr(relevant, nq, ng)
     if np.any(np.diff(indptr) == 0):
         as_relevance(relevant, nq, ng)  # raises, naming the query without a right row
-    moments = [_Moments(g) for g in Gn]
+    Qn, Gn, normalized, _ = _scored(Qn, Gn, scoring, banks)
+    moments = [_Moments(g, normalized=normalized) if normalized else _Moments(g) for g in Gn]
     best, best_key = None, None
     for wv in simplex_grid(n, step):
         # each candidate weighting is ranked exactly by the streamed engine
-        ranks = _fused_ranks(Qn, Gn, indptr, rows, wv, moments, 1024)
+        ranks = _fused_ranks(Qn, Gn, indptr, rows, wv, moments, 1024, normalized)
         m = metrics_from_csr(indptr, ranks, (1, 5, 10))
         key = (round(m[metric], 9), round(m["MRR"], 9), -float(np.abs(wv - 1.0 / n).sum()))
         if best_key is None or key > best_key:

@@ -22,6 +22,11 @@ wrong rows scoring at least as high as each right row are counted inside the blo
 product, so working memory does not grow with the gallery or the query count. With an approximate index the metrics come from the top ``depth``
 rows the index returns: a right row beyond ``depth`` counts as not found (reciprocal rank 0,
 rank ``inf``), so MRR and mAP are then "at depth".
+
+``scoring="csls"`` or ``"qbnorm"`` (:mod:`bridge.hubness`) ranks by a hubness-corrected score
+computed with a query ``bank`` (queries of the same kind that are not the evaluated ones):
+the corrected score is the inner product of augmented rows, ranked by the same exact engine
+with the same tie rule, or searched in an index over the augmented gallery rows.
 """
 
 from __future__ import annotations
@@ -164,14 +169,36 @@ def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int
     return index
 
 
-def search(queries, gallery_or_index, k: int = 10, kind: str = "flat", **index_opts):
+def search(queries, gallery_or_index, k: int = 10, kind: str = "flat", *, scoring=None,
+           bank=None, **index_opts):
     """Top ``k`` gallery rows of each query by cosine: ``(scores, rows)``, best first.
 
     ``gallery_or_index`` is an array (an index of ``kind`` is built over it) or an index
     from :func:`build_index`. Missing results (fewer than ``k`` found) have row ``-1``.
+
+    ``scoring`` (``"csls"``, ``"qbnorm"``..., see :mod:`bridge.hubness`) ranks by the
+    hubness-corrected score computed with ``bank`` (rows of queries of the same kind, not
+    these queries, or a :class:`bridge.hubness.Adjustment` of this gallery): the index is
+    built over the augmented gallery rows ``[g_hat, bias]`` and searched with ``[q_hat,
+    w_q]``, so the scores returned are the adjusted scores in ranking form (``s - r_bank /
+    2`` for CSLS, ``s - logZ / beta`` for a switched-on QB-Norm query). This needs the
+    gallery array, not a prebuilt index.
     """
+    from .hubness import parse_scoring
+
     k = check_k(k)
     check_index_options(kind, index_opts)
+    sc = parse_scoring(scoring)
+    if not sc.is_cosine:
+        if not (isinstance(gallery_or_index, np.ndarray) or hasattr(gallery_or_index, "shape")):
+            raise InvalidParameter(f"scoring {str(sc)!r} needs the gallery rows, not a "
+                                   f"prebuilt index (the index holds the adjusted rows)")
+        from .hubness import adjusted
+
+        Qa, Ga, _ = adjusted(queries, gallery_or_index, bank, sc)
+        index = build_index(Ga[:], kind, normalized=True, **index_opts)
+        scores, rows = index.search(Qa[:], int(min(k, index.ntotal)))
+        return scores, rows
     q = normalize(queries, "queries")
     if isinstance(gallery_or_index, np.ndarray) or hasattr(gallery_or_index, "detach"):
         index = build_index(gallery_or_index, kind, **index_opts)
@@ -616,13 +643,26 @@ def metrics_from_ranks(ranks: list[np.ndarray], ks=(1, 5, 10)) -> dict:
 
 
 def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str = "flat",
-                      depth: int | None = None, block: int = 1024, **index_opts) -> dict:
+                      depth: int | None = None, block: int = 1024, *, scoring=None, bank=None,
+                      **index_opts) -> dict:
     """Retrieve gallery rows for each query and score the ranking (see the module doc).
 
     ``kind="flat"`` ranks exactly; ``"hnsw"``/``"ivf"`` search the top ``depth`` rows
     (default ``max(100, max(ks))``) in a Faiss index. Returns R@K for each K in ``ks``,
     MRR, median rank, mAP, the query and gallery counts and the index kind.
+
+    ``scoring`` other than cosine (``"csls"``, ``"csls:k=5"``, ``"qbnorm"``, a
+    :class:`bridge.hubness.Scoring`) ranks by a hubness-corrected score and needs a
+    ``bank``: rows of queries of the same kind that are not these queries (for a route, its
+    own train or val rows translated along it), or a :class:`bridge.hubness.Adjustment`
+    already computed for this gallery. The flat path ranks the adjusted scores exactly with
+    the same engine and tie rule (the augmented rows of :func:`bridge.hubness.adjusted`);
+    hnsw/ivf index the augmented gallery rows, so their candidates are chosen by the
+    adjusted score itself (the bank statistics are exact either way). The result then also
+    holds ``scoring`` and ``n_bank``. With cosine ``bank`` is ignored.
     """
+    from .hubness import parse_scoring
+
     ks = check_ks(ks)
     check_index_options(kind, index_opts)
     depth = check_k(depth, "depth", allow_none=True)
@@ -631,32 +671,54 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
                                f"got {depth}")
     block = check_k(block, "block")
     ks = tuple(int(k) for k in ks)
+    sc = parse_scoring(scoring)
+    extra = {}
+    normalized = False
+    if not sc.is_cosine:
+        from .hubness import adjusted
+
+        queries, gallery, adj = adjusted(queries, gallery, bank, sc, block)
+        normalized = True
+        extra = {"scoring": str(sc), "n_bank": int(adj.n_bank)}
     if kind == "flat":
         # exact ranks counted while the gallery streams: no normalised copy of either side
-        indptr, ranks, n_gallery = _ranks_csr(queries, gallery, relevant, block=block)
+        indptr, ranks, n_gallery = _ranks_csr(queries, gallery, relevant, block=block,
+                                              normalized=normalized)
         m = metrics_from_csr(indptr, ranks, ks)
-        m.update({"n_gallery": int(n_gallery), "index": kind})
+        m.update({"n_gallery": int(n_gallery), "index": kind, **extra})
         return m
-    q = normalize(queries, "queries")
-    g = normalize(gallery, "gallery")
+    if normalized:
+        q = np.ascontiguousarray(queries[:], dtype=np.float32)
+        g = np.ascontiguousarray(gallery[:], dtype=np.float32)
+    else:
+        q = normalize(queries, "queries")
+        g = normalize(gallery, "gallery")
     if q.shape[1] != g.shape[1]:
         raise DimensionMismatch(f"queries have dimension {q.shape[1]} but the gallery has "
                                 f"dimension {g.shape[1]}")
     rel = as_relevance(relevant, q.shape[0], g.shape[0])
     index = build_index(g, kind, normalized=True, **index_opts)
-    scores, rows = search(q, index, k=depth or max(100, max(ks)))
+    if normalized:
+        scores, rows = index.search(q, int(min(depth or max(100, max(ks)), index.ntotal)))
+    else:
+        scores, rows = search(q, index, k=depth or max(100, max(ks)))
     ranks = ranks_from_lists(rows, rel, scores)
     m = metrics_from_ranks(ranks, ks)
-    m.update({"n_gallery": int(g.shape[0]), "index": kind})
+    m.update({"n_gallery": int(g.shape[0]), "index": kind, **extra})
     return m
 
 
-def bidirectional_metrics(a, b, relevant=None, ks=(1, 5, 10), **kw) -> dict:
+def bidirectional_metrics(a, b, relevant=None, ks=(1, 5, 10), *, bank=None,
+                          reverse_bank=None, **kw) -> dict:
     """Retrieval both ways between paired sets ``a`` and ``b``: ``{"a->b": .., "b->a": ..}``.
 
     ``relevant`` is given for ``a`` as queries; the reverse relevance is derived from it.
+    With a hubness-aware ``scoring`` each direction needs its own bank of queries of its
+    own kind: ``bank`` (rows like ``a``) for ``a -> b``, ``reverse_bank`` (rows like ``b``)
+    for ``b -> a``.
     """
-    fwd = retrieval_metrics(a, b, relevant, ks=ks, **kw)
+    fwd = retrieval_metrics(a, b, relevant, ks=ks, bank=bank, **kw)
+    kw["bank"] = reverse_bank
     na, nb = np.asarray(a).shape[0], np.asarray(b).shape[0]
     rel = as_relevance(relevant, na, nb)
     back = [[] for _ in range(nb)]
