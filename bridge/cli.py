@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--method", default=None, choices=["zscore", "rrf", "weighted"],
                     help="with --fuse: score fusion (default zscore; weighted: per-route weights fitted on validation pairs)")
     pe.add_argument("--walk", type=_csv, help="comma-separated closed walk A,B,...,A")
+    pe.add_argument("--scoring", type=_scoring, default=None,
+                    help="hubness-aware scoring: cosine (default), csls, qbnorm, or with options "
+                         "such as csls:k=5 or qbnorm:beta=30,k=1 (needs a query bank, --bank)")
+    pe.add_argument("--bank", choices=["train", "val"], default="val",
+                    help="with --scoring: the query bank, the route's own source rows of this "
+                         "split translated along it (never the test queries; default val)")
     pe.add_argument("--json", help="also write the figures to this JSON file")
     pe.add_argument("--csv", help="also write the figures as a CSV table to this file")
     pe.add_argument("--markdown", help="also write the figures as a Markdown table to this file")
@@ -737,6 +743,16 @@ def _print_metrics(title, m):
     print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys if m[k] is not None))
 
 
+def _scoring(text: str):
+    """``--scoring`` parsed by :func:`bridge.hubness.parse_scoring` (argparse names the flag)."""
+    from .hubness import parse_scoring
+
+    try:
+        return parse_scoring(text)
+    except BridgeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _eval(args, parser) -> int:
     from .evaluate import evaluate_route, fused_evaluation
 
@@ -766,7 +782,7 @@ def _eval(args, parser) -> int:
         method = args.method or "zscore"
         r = fused_evaluation(g, args.src, args.fuse, k=args.k, method=method,
                              val_weights=method == "weighted",
-                             candidates=args.candidates)
+                             candidates=args.candidates, scoring=args.scoring, bank=args.bank)
         result["fused"] = r
         for name, m in r["single"].items():
             _print_metrics(f"route {name}", m)
@@ -778,8 +794,11 @@ def _eval(args, parser) -> int:
     else:
         if not (args.src and args.dst):
             parser.error("eval needs SRC and DST (or --walk, or SRC with --fuse)")
-        m = evaluate_route(g, args.src, args.dst, k=args.k)
+        m = evaluate_route(g, args.src, args.dst, k=args.k, scoring=args.scoring, bank=args.bank)
         result["route"] = m
+        if m.get("scoring"):
+            print(f"scoring {m['scoring']}, query bank: {m['n_bank']} {m['bank']} rows "
+                  "translated along the route")
         for r in m["routes"]:
             print("route " + " -> ".join(r["nodes"]) + f"  (cost {r['cost']:.4f})")
         _print_metrics(f"{m['n_queries']} test queries, gallery {m['n_gallery']}", m)
