@@ -9,7 +9,8 @@ Nodes (ids ``"<split>:<line>"``; line i of every language is the same caption, a
 - ``text:en@minilm``: English, all-MiniLM-L6-v2 (29,000 / 1,014 / 1,000 rows);
 - ``text:en@e5``: English, multilingual-e5-small (29,000 / 1,014 / 1,000);
 - ``text:{de,fr,cs}@e5``: the foreign captions in e5 (10,000 / 1,014 / 1,000), joined to
-  ``text:en@e5`` by ``translator="identity"`` edges: e5 is one multilingual space;
+  ``text:en@e5`` by ``connect(..., translator="identity")`` edges: e5 is one multilingual
+  space;
 - ``text:{de,fr,cs}@minilm``: the foreign captions run through the English-only MiniLM
   (val and test rows), joined to ``text:en@minilm`` by identity edges (the floor).
 
@@ -140,19 +141,24 @@ def train_lines(n: int | None, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(1000 + seed).choice(total, n, replace=False))
 
 
-def base_graph(seed: int = 0, n_train: int | None = None) -> ModalityGraph:
-    """Every node, and the identity edges inside the e5 and the MiniLM space."""
+def base_graph(seed: int = 0, n_train: int | None = None, node_center: bool = False) -> ModalityGraph:
+    """Every node, and the identity edges inside the e5 and the MiniLM space.
+
+    The e5 identity edges ``text:X@e5 -> text:en@e5`` are made by ``connect`` (paired by
+    the shared caption ids; nothing is trained), node-centred with ``node_center``: each
+    language's rows then lose their own node's mean and gain the English node's."""
     g = ModalityGraph(seed=seed, splits="prefix")
     lines = train_lines(n_train, seed)
     g.add_node(SRC, C.m30k_cache("en", "e5", lines))
     g.add_node(DST, C.m30k_cache("en", "minilm", lines))
     for lang in LANGS:
-        g.add_node(E5[lang], C.m30k_cache(lang, "e5", "none"))
+        g.add_node(E5[lang], C.m30k_cache(lang, "e5"))
+        g.connect(E5[lang], SRC, translator="identity", directions="forward",
+                  node_center=node_center)
+        # MiniLM has no foreign training rows: an identity edge made by hand (the floor)
         g.add_node(MINILM[lang], C.m30k_cache(lang, "minilm", "none"))
-        # one shared space: nothing to fit (any rows will do)
-        for hub, node in ((SRC, E5[lang]), (DST, MINILM[lang])):
-            x = g.cache(hub).vectors(np.arange(2))
-            g.add_edge(node, hub, make_translator("identity").fit(x, x))
+        x = g.cache(DST).vectors(np.arange(2))
+        g.add_edge(MINILM[lang], DST, make_translator("identity").fit(x, x))
     return g
 
 

@@ -214,3 +214,15 @@ candidates = ["identity", "procrustes"]
     spec.write_text(body.replace("node_center = true", 'node_center = "yes"', 1))
     with pytest.raises(SpecError, match="node_center"):
         load_spec(spec)
+
+
+def test_recentred_moves_the_fitted_base_between_new_means():
+    E, D, M = _shared_space()
+    T = CentredTranslator(LinearTranslator(alpha=0.0)).fit(E, M)
+    a, b = np.full(16, 0.3, np.float32), np.full(16, -1.0, np.float32)
+    U = T.recentred(a, b)
+    np.testing.assert_allclose(U.transform(D[:4]), T.base_.transform(D[:4] - a) + b, atol=1e-5)
+    np.testing.assert_allclose(T.transform(D[:4]), T.base_.transform(D[:4] - E.mean(0)) + M.mean(0),
+                               atol=1e-4)  # the original is left alone
+    with pytest.raises(InvalidParameter, match="in_mean must be a finite vector of 16"):
+        T.recentred(np.zeros(3), b)

@@ -108,6 +108,22 @@ class CentredTranslator(Translator):
     def _transform(self, X):
         return self.base_.transform(X - self.in_mean_) + self.out_mean_
 
+    def recentred(self, in_mean, out_mean) -> "CentredTranslator":
+        """The same fitted base between other means: the edge moved to nodes of another
+        domain (their own unlabelled means), with nothing refitted."""
+        self.check_fitted()
+        for name, m, dim in (("in_mean", in_mean, self.in_dim_), ("out_mean", out_mean, self.out_dim_)):
+            err = _vector_error(m)
+            if err or np.asarray(m).shape != (dim,):
+                raise InvalidParameter(f"recentred: {name} must be a finite vector of {dim} values, "
+                                       f"{err or f'got shape {np.asarray(m).shape}'}")
+        out = CentredTranslator(self.base_, in_mean=np.asarray(in_mean, np.float32),
+                                out_mean=np.asarray(out_mean, np.float32))
+        out.base_, out.in_mean_, out.out_mean_ = self.base_, out.in_mean, out.out_mean
+        out.in_dim_, out.out_dim_ = self.in_dim_, self.out_dim_
+        out.fit_report_ = {**getattr(self, "fit_report_", {}), "recentred": True}
+        return out
+
     def _extra_config(self) -> dict:
         return {"base": self.base_.config(), "means": "training" if self.in_mean is None else "given"}
 
