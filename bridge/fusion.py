@@ -202,6 +202,17 @@ def _competition_ranks(S: np.ndarray) -> np.ndarray:
     return (n - (below - rows * n)).reshape(b, n)
 
 
+def _dense_views(Qv, Gv, scoring, banks):
+    """In-memory float32 query and gallery rows per route, ready for inner products: the
+    hubness-augmented rows under a scoring other than cosine (``normalized`` True), else
+    the L2-normalised rows."""
+    Qa, Ga, normalized, _ = _scored(Qv, Gv, scoring, banks)
+    if not normalized:
+        return (*_normalised(Qv, Gv), False)
+    return ([np.ascontiguousarray(q[:], dtype=np.float32) for q in Qa],
+            [np.ascontiguousarray(g[:], dtype=np.float32) for g in Ga], True)
+
+
 def fuse_scores(Q, G, method: str = "zscore", weights=None, *, scoring=None,
                 banks=None) -> np.ndarray:
     """The dense fused score matrix ``(n_queries, n_gallery)`` (see the module doc).
@@ -210,12 +221,7 @@ def fuse_scores(Q, G, method: str = "zscore", weights=None, *, scoring=None,
     :mod:`bridge.hubness`), computed with its own bank in ``banks`` (one per route)."""
     Qv, Gv = _views(Q, G)
     w = _weights(method, weights, len(Qv))
-    Qa, Ga, normalized, _ = _scored(Qv, Gv, scoring, banks)
-    if normalized:
-        Qn = [np.ascontiguousarray(q[:], dtype=np.float32) for q in Qa]
-        Gn = [np.ascontiguousarray(g[:], dtype=np.float32) for g in Ga]
-    else:
-        Qn, Gn = _normalised(Qv, Gv)
+    Qn, Gn, normalized = _dense_views(Qv, Gv, scoring, banks)
     moments = [_Moments(g, normalized=True) if normalized else _Moments(g) for g in Gn]
     return _dense_block(Qn, Gn, moments, method, w)
 
@@ -239,12 +245,7 @@ def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
     _check_method(method)
     check_index_options(kind, index_opts)
     Qv, Gv = _views(Q, G)
-    Qa, Ga, normalized, _ = _scored(Qv, Gv, scoring, banks)
-    if normalized:
-        Qn = [np.ascontiguousarray(q[:], dtype=np.float32) for q in Qa]
-        Gn = [np.ascontiguousarray(g[:], dtype=np.float32) for g in Ga]
-    else:
-        Qn, Gn = _normalised(Qv, Gv)
+    Qn, Gn, normalized = _dense_views(Qv, Gv, scoring, banks)
     w = _weights(method, weights, len(Qn))
     ng = Gn[0].shape[0]
     k = min(k, ng)  # more rows than the gallery holds: all of them (as search() does)

@@ -45,7 +45,7 @@ import numpy as np
 
 from .chunks import RowView, read_rows
 from .errors import DimensionMismatch, EmptyData, InvalidParameter
-from .retrieval import ENGINE_CELLS, l2_normalize, row_source
+from .retrieval import ENGINE_CELLS, l2_normalize, paired_sources, row_source
 
 __all__ = ["SCORINGS", "Scoring", "parse_scoring", "Adjustment", "gallery_adjustment",
            "query_switch", "AugmentedRows", "adjusted", "hubness_stats"]
@@ -239,11 +239,7 @@ def gallery_adjustment(gallery, bank, scoring, block: int = 1024) -> Adjustment:
 
 def _top1(queries, gallery, block: int = 1024) -> np.ndarray:
     """Each query's raw (cosine) nearest gallery row, streamed over blocks."""
-    nq, dq, qblock, _ = row_source(queries, "queries", False)
-    ng, dg, gblock, _ = row_source(gallery, "gallery", False)
-    if dq != dg:
-        raise DimensionMismatch(f"queries have dimension {dq} but the gallery has "
-                                f"dimension {dg}")
+    (nq, _, qblock, _), (ng, _, gblock, _) = paired_sources(queries, gallery, False)
     qb, gb = _blocks(nq, ng, block)
     out = np.empty(nq, dtype=np.int64)
     for s in range(0, nq, qb):

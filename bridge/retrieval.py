@@ -55,6 +55,7 @@ __all__ = [
     "check_index_options",
     "relevance_csr",
     "row_source",
+    "paired_sources",
     "rank_engine",
     "metrics_from_csr",
     "ranks_from_lists",
@@ -498,16 +499,23 @@ def row_source(x, name: str, normalized: bool):
     return int(x.shape[0]), int(x.shape[1]), block, rows
 
 
+def paired_sources(queries, gallery, normalized: bool):
+    """:func:`row_source` of the queries and of the gallery, refused with
+    :class:`DimensionMismatch` when their widths differ."""
+    q = row_source(queries, "queries", normalized)
+    g = row_source(gallery, "gallery", normalized)
+    if q[1] != g[1]:
+        raise DimensionMismatch(f"queries have dimension {q[1]} but the gallery has "
+                                f"dimension {g[1]}")
+    return q, g
+
+
 def _ranks_csr(queries, gallery, relevant=None, block: int = 1024, normalized: bool = False,
                gallery_block: int | None = None):
     from .chunks import check_chunk_size
 
     block = check_chunk_size(block, "block")
-    nq, dq, qblock, _ = row_source(queries, "queries", normalized)
-    ng, dg, gblock, grows = row_source(gallery, "gallery", normalized)
-    if dq != dg:
-        raise DimensionMismatch(f"queries have dimension {dq} but the gallery has "
-                                f"dimension {dg}")
+    (nq, dq, qblock, _), (ng, _, gblock, grows) = paired_sources(queries, gallery, normalized)
     indptr, rows = relevance_csr(relevant, nq, ng)
     if nq and np.any(np.diff(indptr) == 0):
         i = int(np.flatnonzero(np.diff(indptr) == 0)[0])

@@ -25,3 +25,15 @@ def unit(x):
 def random_orthogonal(d, rng):
     q, r = np.linalg.qr(rng.standard_normal((d, d)))
     return q * np.sign(np.diag(r))
+
+
+def run_cli(argv, capsys):
+    """``(exit code, stdout, stderr)`` of ``bridge argv``; argparse's exits included."""
+    from bridge.cli import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -7,6 +7,7 @@ import pytest
 
 import bridge.encoders as encoders
 from bridge.cli import main
+from conftest import run_cli
 from bridge.encoders import Encoder
 from bridge.encoders.build import BuildInterrupted, build_cache, groups_from_pattern, sample_rows
 from bridge.errors import InvalidParameter
@@ -65,13 +66,7 @@ def fakes(monkeypatch):
     yield
 
 
-def run(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_cli
 
 
 def one_line_error(rc, err, *fragments):

@@ -11,19 +11,12 @@ import bridge.store
 from bridge.cli import main
 from bridge.graph import ModalityGraph
 from bridge.store import Cache, save_cache
-from conftest import random_orthogonal, unit
+from conftest import random_orthogonal, unit, run_cli
 
 A, B, C = "text:en@a", "text:de@b", "image@c"
 
 
-def run(argv, capsys):
-    """``(exit code, stdout, stderr)`` of ``bridge argv``; argparse's exits included."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_cli
 
 
 def assert_one_line_error(rc, err, *fragments):

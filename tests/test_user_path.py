@@ -13,19 +13,13 @@ from bridge.cli import main
 from bridge.errors import CorruptFile, NoPairs
 from bridge.graph import ModalityGraph, load_graph
 from bridge.store import Cache, load_cache, save_cache
-from conftest import random_orthogonal, unit
+from conftest import random_orthogonal, unit, run_cli
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 
-def run(argv, capsys):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+run = run_cli
 
 
 # ---------------------------------------------------------------------------

@@ -159,6 +159,16 @@ def _charset(header: dict[str, str], path, default: str = "utf-8") -> str:
 # .mo
 
 
+def _read_bytes(p: Path) -> bytes:
+    """The bytes of catalogue ``p``, or :class:`CorruptFile` naming it."""
+    try:
+        return p.read_bytes()
+    except FileNotFoundError as e:
+        raise CorruptFile(f"catalogue missing: {p}") from e
+    except OSError as e:
+        raise CorruptFile(f"catalogue {p} cannot be read: {e}") from e
+
+
 def read_mo(path: str | os.PathLike) -> Catalogue:
     """Read a compiled gettext catalogue (``.mo``), checking every field against the file.
 
@@ -168,12 +178,7 @@ def read_mo(path: str | os.PathLike) -> Catalogue:
     terminator, text not in the header's charset, and a duplicated message id.
     """
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError as e:
-        raise CorruptFile(f"catalogue missing: {p}") from e
-    except OSError as e:
-        raise CorruptFile(f"catalogue {p} cannot be read: {e}") from e
+    data = _read_bytes(p)
     return _parse_mo(data, str(p))
 
 
@@ -304,12 +309,7 @@ def read_po(path: str | os.PathLike, encoding: str | None = None) -> Catalogue:
     :class:`~bridge.errors.CorruptFile` naming the file and line.
     """
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError as e:
-        raise CorruptFile(f"catalogue missing: {p}") from e
-    except OSError as e:
-        raise CorruptFile(f"catalogue {p} cannot be read: {e}") from e
+    data = _read_bytes(p)
     where = str(p)
     if encoding is None:
         m = re.search(rb"charset\s*=\s*([A-Za-z0-9_.:-]+)", data[:4096])
