@@ -398,8 +398,10 @@ class ModalityGraph:
                     T = CentredTranslator(T, in_mean=self.node_stats(src)["mean"],
                                           out_mean=self.node_stats(dst)["mean"])
                 tr, va = idx["train"], idx["val"]
+                # kinds fitted from streamed moments read the training rows block by block
+                train_rows = _lazy_rows if T.streams else _rows
                 with progress_desc(f"{src} -> {dst}"):  # names the training progress bar
-                    T.fit(cs.vectors(Q.a_rows[tr]), cd.vectors(Q.b_rows[tr]),
+                    T.fit(train_rows(cs, Q.a_rows[tr]), train_rows(cd, Q.b_rows[tr]),
                           cs.vectors(Q.a_rows[va]), cd.vectors(Q.b_rows[va]),
                           labels=labels[tr], labels_val=labels[va])
                 fitted[(src, dst)] = (T, Q)
@@ -773,6 +775,16 @@ def _check_rows(rows, n: int, node: str) -> np.ndarray:
     if bad.size:
         raise InvalidParameter(f"rows of {node!r}: row {int(bad[0])} is outside 0..{n - 1}")
     return r.astype(np.int64, copy=False)
+
+
+def _rows(cache: Cache, rows) -> np.ndarray:
+    return cache.vectors(rows)
+
+
+def _lazy_rows(cache: Cache, rows):
+    from .chunks import RowView
+
+    return RowView(cache.emb, rows)
 
 
 def edge_kind(T) -> str:

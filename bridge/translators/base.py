@@ -161,10 +161,22 @@ class Translator(BaseEstimator):
                 f"this {type(self).__name__} is not fitted yet; call fit(X, Y) before transform"
             )
 
-    @staticmethod
-    def _check_pair(X, Y, nx="X", ny="Y"):
-        X = check_embeddings(X, nx).astype(np.float32, copy=False)
-        Y = check_embeddings(Y, ny).astype(np.float32, copy=False)
+    #: True for kinds whose fit streams its training rows block by block (closed forms
+    #: from accumulated moments): memory maps and lazy row views are then checked in
+    #: blocks and never copied whole
+    streams: bool = False
+
+    def _check_pair(self, X, Y, nx="X", ny="Y"):
+        from ..chunks import check_lazy_rows, lazy
+
+        if self.streams and (lazy(X) or isinstance(X, np.memmap)):
+            X = check_lazy_rows(X, nx)
+        else:
+            X = check_embeddings(X, nx).astype(np.float32, copy=False)
+        if self.streams and (lazy(Y) or isinstance(Y, np.memmap)):
+            Y = check_lazy_rows(Y, ny)
+        else:
+            Y = check_embeddings(Y, ny).astype(np.float32, copy=False)
         if X.shape[0] != Y.shape[0]:
             raise DimensionMismatch(
                 f"{nx} has {X.shape[0]} rows but {ny} has {Y.shape[0]}; expected paired rows"

@@ -2,6 +2,12 @@
 
 Each function takes paired rows ``X`` (n, dx) and ``Y`` (n, dy) and returns the
 parameters of a map; the classes in this package only store and apply them.
+
+Ridge and Procrustes need only the pairs' first and second moments, which
+:func:`pair_moments` accumulates in one pass over row blocks (float64, about a shifted
+origin so that large means cost no precision). Rows may be in memory, memory-mapped
+(float16 included) or lazy views (:class:`bridge.chunks.RowView`): working memory is one
+block plus the ``(dx + dy)^2`` moments, whatever the number of pairs.
 """
 
 from __future__ import annotations
@@ -11,6 +17,10 @@ import numpy as np
 from ..retrieval import l2_normalize
 
 __all__ = [
+    "PairMoments",
+    "pair_moments",
+    "ridge_from_moments",
+    "procrustes_from_moments",
     "ridge_fit",
     "procrustes_fit",
     "affine_apply",
@@ -18,33 +28,115 @@ __all__ = [
 ]
 
 
-def ridge_fit(
-    X: np.ndarray, Y: np.ndarray, alpha: float = 0.0, fit_intercept: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares ``Y ~ X W + b`` with an L2 penalty ``alpha ||W||^2``.
+#: rows per block when :func:`pair_moments` streams the pairs
+MOMENT_BLOCK = 16384
 
-    Solved in float64 through the normal equations (or ``lstsq`` when ``alpha == 0``
-    and the system is rank-deficient). Returns ``(W (dx, dy), b (dy,))``.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64)
+
+class PairMoments:
+    """Sums of paired rows about a shift ``(cx, cy)``: ``n``, ``Sx = sum(x - cx)``, ``Sy``,
+    ``Pxx = sum (x - cx)^T (x - cx)``, ``Pxy``, ``qx = sum |x - cx|^2``, ``qy``."""
+
+    def __init__(self, cx: np.ndarray, cy: np.ndarray):
+        dx, dy = cx.size, cy.size
+        self.cx, self.cy, self.n = cx, cy, 0
+        self.Sx, self.Sy = np.zeros(dx), np.zeros(dy)
+        self.Pxx, self.Pxy = np.zeros((dx, dx)), np.zeros((dx, dy))
+        self.qx = self.qy = 0.0
+
+    def add(self, X: np.ndarray, Y: np.ndarray) -> None:
+        A = np.asarray(X, dtype=np.float64) - self.cx
+        B = np.asarray(Y, dtype=np.float64) - self.cy
+        self.n += A.shape[0]
+        self.Sx += A.sum(0)
+        self.Sy += B.sum(0)
+        self.Pxx += A.T @ A
+        self.Pxy += A.T @ B
+        self.qx += float(np.einsum("ij,ij->", A, A))
+        self.qy += float(np.einsum("ij,ij->", B, B))
+
+    def means(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.cx + self.Sx / self.n, self.cy + self.Sy / self.n
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """``(Xc^T Xc, Xc^T Yc, |Xc|^2, |Yc|^2)`` of the rows centred on their own means."""
+        n, Sx, Sy = self.n, self.Sx, self.Sy
+        return (self.Pxx - np.outer(Sx, Sx) / n, self.Pxy - np.outer(Sx, Sy) / n,
+                self.qx - float(Sx @ Sx) / n, self.qy - float(Sy @ Sy) / n)
+
+    def raw(self) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """The same about the origin: ``(X^T X, X^T Y, |X|^2, |Y|^2)``."""
+        n, cx, cy, Sx, Sy = self.n, self.cx, self.cy, self.Sx, self.Sy
+        xx = self.Pxx + np.outer(cx, Sx) + np.outer(Sx, cx) + n * np.outer(cx, cx)
+        xy = self.Pxy + np.outer(cx, Sy) + np.outer(Sx, cy) + n * np.outer(cx, cy)
+        return (xx, xy, self.qx + 2 * float(cx @ Sx) + n * float(cx @ cx),
+                self.qy + 2 * float(cy @ Sy) + n * float(cy @ cy))
+
+
+def pair_moments(X, Y, block: int = MOMENT_BLOCK) -> PairMoments:
+    """The moments of paired rows, read ``block`` rows at a time (see the module doc)."""
+    from ..chunks import read_rows
+
+    n = int(X.shape[0])
+    first = slice(0, min(n, block))
+    x0, y0 = (np.asarray(read_rows(a, first), dtype=np.float64) for a in (X, Y))
+    m = PairMoments(x0.mean(0), y0.mean(0))
+    m.add(x0, y0)
+    for lo in range(block, n, block):
+        part = slice(lo, min(n, lo + block))
+        m.add(read_rows(X, part), read_rows(Y, part))
+    return m
+
+
+def _moments(X, Y) -> PairMoments:
+    return X if isinstance(X, PairMoments) else pair_moments(X, Y)
+
+
+def ridge_from_moments(m: PairMoments, alpha: float = 0.0,
+                       fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge ``Y ~ X W + b`` from :func:`pair_moments` (see :func:`ridge_fit`)."""
     if fit_intercept:
-        mx, my = X.mean(0), Y.mean(0)
-        Xc, Yc = X - mx, Y - my
+        A, B, _, _ = m.centred()
+        mx, my = m.means()
     else:
-        mx, my = np.zeros(X.shape[1]), np.zeros(Y.shape[1])
-        Xc, Yc = X, Y
+        A, B, _, _ = m.raw()
+        mx, my = np.zeros(A.shape[0]), np.zeros(B.shape[1])
     if alpha > 0:
-        A = Xc.T @ Xc + alpha * np.eye(X.shape[1])
-        W = np.linalg.solve(A, Xc.T @ Yc)
+        W = np.linalg.solve(A + alpha * np.eye(A.shape[0]), B)
     else:
-        W = np.linalg.lstsq(Xc, Yc, rcond=None)[0]
+        # the minimum-norm solution of the normal equations: lstsq's answer on the rows
+        W = np.linalg.lstsq(A, B, rcond=None)[0]
     b = my - mx @ W
     return W.astype(np.float32), b.astype(np.float32)
 
 
+def ridge_fit(X, Y=None, alpha: float = 0.0,
+              fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares ``Y ~ X W + b`` with an L2 penalty ``alpha ||W||^2``.
+
+    Solved in float64 through the normal equations of the pairs' moments (one streamed
+    pass, :func:`pair_moments`; ``X`` may also be a :class:`PairMoments`), the
+    minimum-norm solution when ``alpha == 0`` and the system is rank-deficient. Returns
+    ``(W (dx, dy), b (dy,))``.
+    """
+    return ridge_from_moments(_moments(X, Y), alpha, fit_intercept)
+
+
+def procrustes_from_moments(m: PairMoments, center: bool = True, scale: bool = True):
+    """Orthogonal Procrustes from :func:`pair_moments` (see :func:`procrustes_fit`)."""
+    if center:
+        _, C, tx, ty = m.centred()
+        mx, my = m.means()
+    else:
+        _, C, tx, ty = m.raw()
+        mx, my = np.zeros(C.shape[0]), np.zeros(C.shape[1])
+    U, S, Vt = np.linalg.svd(C, full_matrices=False)
+    R = U @ Vt
+    s = float(np.sqrt(max(ty, 0.0) / max(tx, 1e-12))) if scale else 1.0
+    return R.astype(np.float32), mx.astype(np.float32), my.astype(np.float32), s
+
+
 def procrustes_fit(
-    X: np.ndarray, Y: np.ndarray, center: bool = True, scale: bool = True
+    X, Y=None, center: bool = True, scale: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Orthogonal Procrustes ``Y ~ s (X - mx) R + my`` with ``R`` semi-orthogonal.
 
@@ -55,19 +147,10 @@ def procrustes_fit(
     rows keep the spread of the target space around its centroid. (The least-squares scale
     ``trace(S) / sum |X - mx|^2`` shrinks them towards the centroid by the fit's
     correlation, which lowers cosine retrieval after the centroid is added back and
-    compounds over hops.) Returns ``(R, mx, my, s)``.
+    compounds over hops.) One streamed pass over the pairs (:func:`pair_moments`; ``X``
+    may also be a :class:`PairMoments`). Returns ``(R, mx, my, s)``.
     """
-    X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64)
-    mx = X.mean(0) if center else np.zeros(X.shape[1])
-    my = Y.mean(0) if center else np.zeros(Y.shape[1])
-    Xc, Yc = X - mx, Y - my
-    U, S, Vt = np.linalg.svd(Xc.T @ Yc, full_matrices=False)
-    R = U @ Vt
-    s = 1.0
-    if scale:
-        s = float(np.sqrt((Yc**2).sum() / max((Xc**2).sum(), 1e-12)))
-    return R.astype(np.float32), mx.astype(np.float32), my.astype(np.float32), s
+    return procrustes_from_moments(_moments(X, Y), center, scale)
 
 
 def affine_apply(

@@ -10,7 +10,7 @@ from ..errors import InvalidParameter
 from ..metrics import paired_retrieval
 from ..params import Interval, Options
 from .base import Translator, register
-from .functional import affine_apply, ridge_fit
+from .functional import affine_apply, pair_moments, ridge_fit
 
 __all__ = ["LinearTranslator"]
 
@@ -33,6 +33,7 @@ class LinearTranslator(Translator):
     """
 
     kind = "linear"
+    streams = True  # fitted from moments accumulated over row blocks
 
     _parameter_constraints = {
         "alpha": [Interval(Real, 0, None, closed="left"), Options({"auto"})],
@@ -46,6 +47,7 @@ class LinearTranslator(Translator):
     def _fit(self, X, Y, X_val, Y_val, labels, labels_val):
         report = {}
         alpha = self.alpha
+        alpha_searched = alpha == "auto" and X_val is not None
         if alpha == "auto":
             if X_val is None:
                 alpha = 1.0
@@ -55,8 +57,9 @@ class LinearTranslator(Translator):
                     raise InvalidParameter(
                         f"ALPHA_GRID must hold finite non-negative penalties, got {ALPHA_GRID!r}")
                 scores = []
+                moments = pair_moments(X, Y)  # one pass over the pairs serves every alpha
                 for a in ALPHA_GRID:
-                    W, b = ridge_fit(X, Y, a, self.fit_intercept)
+                    W, b = ridge_fit(moments, None, a, self.fit_intercept)
                     m = paired_retrieval(affine_apply(X_val, W, b), Y_val, labels_val)
                     scores.append((m["R@1"], m["cos"]))
                 top = max(r for r, _ in scores)
@@ -69,7 +72,8 @@ class LinearTranslator(Translator):
                                           "val_R@1": [r for r, _ in scores],
                                           "val_cos": [c for _, c in scores]}
                 alpha = ALPHA_GRID[i]
-        self.W_, self.b_ = ridge_fit(X, Y, float(alpha), self.fit_intercept)
+        self.W_, self.b_ = ridge_fit(moments if alpha_searched else X, Y, float(alpha),
+                                     self.fit_intercept)
         self.alpha_ = float(alpha)
         report["alpha"] = self.alpha_
         return report

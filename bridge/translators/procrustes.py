@@ -28,6 +28,7 @@ class ProcrustesTranslator(Translator):
     """
 
     kind = "procrustes"
+    streams = True  # fitted from moments accumulated over row blocks
 
     _parameter_constraints = {"center": [bool], "scale": [bool]}
 
