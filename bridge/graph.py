@@ -580,6 +580,13 @@ class ModalityGraph:
         routes = k_best_routes(self.G, src, dst, k=k, weight=weight)
         return routes[0] if k == 1 else routes
 
+    def all_routes(self, sources=None, weight="cost") -> dict:
+        """The cheapest route of every reachable ordered node pair, ``{(src, dst): Route}``
+        (:func:`bridge.planner.all_best_routes`: one Dijkstra per source node)."""
+        from .planner import all_best_routes
+
+        return all_best_routes(self.G, sources, weight)
+
     def as_route(self, route) -> Route:
         """``route`` as a :class:`Route`: a Route as it is; a list of nodes joined by edges,
         with its cost; ``(src, dst)`` with no edge between them, the cheapest planned route.

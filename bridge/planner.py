@@ -18,7 +18,8 @@ import networkx as nx
 
 from .errors import InvalidParameter, NoRoute, UnknownNode
 
-__all__ = ["Route", "edge_cost", "wilson_lower_bound", "shortest_route", "k_best_routes", "route_cost"]
+__all__ = ["Route", "edge_cost", "wilson_lower_bound", "shortest_route", "k_best_routes", "route_cost",
+           "all_best_routes"]
 
 R1_FLOOR = 1e-3
 HOP_COST = 0.05
@@ -160,7 +161,8 @@ def shortest_route(G: nx.DiGraph, src: str, dst: str, weight="cost") -> Route:
 
 
 def k_best_routes(G: nx.DiGraph, src: str, dst: str, k: int = 1, weight="cost") -> list[Route]:
-    """The ``k`` cheapest simple routes, cheapest first (Yen's algorithm)."""
+    """The ``k`` cheapest simple routes, cheapest first (bidirectional Dijkstra for
+    ``k=1``, Yen's algorithm for more)."""
     _check_nodes(G, src, dst)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise InvalidParameter(f"k must be an integer >= 1, got {k!r}")
@@ -168,7 +170,10 @@ def k_best_routes(G: nx.DiGraph, src: str, dst: str, k: int = 1, weight="cost") 
         return [Route((src,), 0.0, ())]
     fn = _weight_fn(G, weight)
     try:
-        paths = list(islice(nx.shortest_simple_paths(G, src, dst, weight=fn), k))
+        if k == 1:  # one Dijkstra; Yen's algorithm only when more routes are asked for
+            paths = [nx.bidirectional_dijkstra(G, src, dst, weight=fn)[1]]
+        else:
+            paths = list(islice(nx.shortest_simple_paths(G, src, dst, weight=fn), k))
     except nx.NetworkXNoPath:
         paths = []
     if not paths:
@@ -181,4 +186,23 @@ def k_best_routes(G: nx.DiGraph, src: str, dst: str, k: int = 1, weight="cost") 
     for p in paths:
         cost, costs = route_cost(G, p, fn)
         out.append(Route(tuple(p), cost, costs))
+    return out
+
+
+def all_best_routes(G: nx.DiGraph, sources=None, weight="cost") -> dict[tuple[str, str], Route]:
+    """The cheapest route of every reachable ordered pair ``(src, dst)``, ``src`` in
+    ``sources`` (default: every node): one single-source Dijkstra per source, so planning
+    all pairs of a graph costs about as much as networkx's all-pairs Dijkstra. Pairs with
+    no route are absent; ``(n, n)`` is not included."""
+    srcs = list(G.nodes) if sources is None else list(sources)
+    _check_nodes(G, *srcs)
+    fn = _weight_fn(G, weight)
+    out = {}
+    for src in srcs:
+        _, paths = nx.single_source_dijkstra(G, src, weight=fn)
+        for dst, p in paths.items():
+            if dst == src:
+                continue
+            costs = tuple(float(fn(u, v, G.edges[u, v])) for u, v in zip(p[:-1], p[1:]))
+            out[(src, dst)] = Route(tuple(p), float(sum(costs)), costs)
     return out

@@ -330,3 +330,31 @@ def test_walk_rows_are_checked(graph):
         graph.walk(walk, rows=[1.5])
     rep = graph.walk(walk, rows=[0, 5, 7])
     assert rep["n"] == 3 and rep["loss_per_sample"].shape == (3,)
+
+
+def test_all_routes_equal_one_route_per_pair_and_yens_first_path():
+    import networkx as nx
+
+    from bridge.planner import all_best_routes, k_best_routes
+
+    rng = np.random.default_rng(7)
+    G = nx.DiGraph()
+    names = [f"n{i}" for i in range(25)]
+    for i in range(25):
+        for j in rng.choice(25, 4, replace=False):
+            if j != i:
+                G.add_edge(names[i], names[int(j)], cost=float(rng.uniform(0.05, 2.0)))
+    every = all_best_routes(G)
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            if (a, b) not in every:
+                assert not nx.has_path(G, a, b)
+                continue
+            r = every[(a, b)]
+            assert r.nodes[0] == a and r.nodes[-1] == b
+            assert r.cost == pytest.approx(nx.dijkstra_path_length(G, a, b, weight="cost"))
+            assert r.cost == pytest.approx(k_best_routes(G, a, b, k=1)[0].cost)
+            assert r.cost == pytest.approx(k_best_routes(G, a, b, k=2)[0].cost)
+            assert r.cost == pytest.approx(sum(r.edge_costs))
