@@ -63,6 +63,14 @@ class PairMoments:
         return (self.Pxx - np.outer(Sx, Sx) / n, self.Pxy - np.outer(Sx, Sy) / n,
                 self.qx - float(Sx @ Sx) / n, self.qy - float(Sy @ Sy) / n)
 
+    def about(self, centre: bool):
+        """``(Xc^T Xc, Xc^T Yc, |Xc|^2, |Yc|^2, mx, my)``: about the rows' own means
+        (``centre``) or about the origin (zero means)."""
+        if centre:
+            return (*self.centred(), *self.means())
+        xx = self.raw()
+        return (*xx, np.zeros(xx[0].shape[0]), np.zeros(xx[1].shape[1]))
+
     def raw(self) -> tuple[np.ndarray, np.ndarray, float, float]:
         """The same about the origin: ``(X^T X, X^T Y, |X|^2, |Y|^2)``."""
         n, cx, cy, Sx, Sy = self.n, self.cx, self.cy, self.Sx, self.Sy
@@ -94,12 +102,7 @@ def _moments(X, Y) -> PairMoments:
 def ridge_from_moments(m: PairMoments, alpha: float = 0.0,
                        fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Ridge ``Y ~ X W + b`` from :func:`pair_moments` (see :func:`ridge_fit`)."""
-    if fit_intercept:
-        A, B, _, _ = m.centred()
-        mx, my = m.means()
-    else:
-        A, B, _, _ = m.raw()
-        mx, my = np.zeros(A.shape[0]), np.zeros(B.shape[1])
+    A, B, _, _, mx, my = m.about(fit_intercept)
     if alpha > 0:
         W = np.linalg.solve(A + alpha * np.eye(A.shape[0]), B)
     else:
@@ -123,12 +126,7 @@ def ridge_fit(X, Y=None, alpha: float = 0.0,
 
 def procrustes_from_moments(m: PairMoments, center: bool = True, scale: bool = True):
     """Orthogonal Procrustes from :func:`pair_moments` (see :func:`procrustes_fit`)."""
-    if center:
-        _, C, tx, ty = m.centred()
-        mx, my = m.means()
-    else:
-        _, C, tx, ty = m.raw()
-        mx, my = np.zeros(C.shape[0]), np.zeros(C.shape[1])
+    _, C, tx, ty, mx, my = m.about(center)
     U, S, Vt = np.linalg.svd(C, full_matrices=False)
     R = U @ Vt
     s = float(np.sqrt(max(ty, 0.0) / max(tx, 1e-12))) if scale else 1.0
