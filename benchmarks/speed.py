@@ -463,7 +463,8 @@ def bench_ann(torch, cfg, log, out):
     faiss.omp_set_num_threads(torch.get_num_threads())
     m = cfg["hnsw_m"]
     with Step(log, "ann_hnsw_build"):
-        index = build_index(G, "hnsw", hnsw_m=m, normalized=True)
+        index = build_index(G, "hnsw", hnsw_m=m, ef_construction=cfg["ef_construction"],
+                            normalized=True)
     res["hnsw"] = {"hnsw_m": m, "ef_construction": int(index.hnsw.efConstruction),
                    "build_s": log["ann_hnsw_build"]["seconds"]}
     with Step(log, "ann_hnsw_search"):
@@ -622,12 +623,13 @@ def config(quick: bool) -> dict:
     if quick:
         return {"dims": [384, 1024], "pairs": 8000, "epochs": 1, "batch": 512, "width": 1024,
                 "exact": [(1000, 29000, 384)], "ann_rows": 100_000, "ann_queries": 500,
-                "hnsw_m": 16, "ef_values": [64, 128], "nlist": 256,
+                "hnsw_m": 16, "ef_construction": 40, "ef_values": [64, 128], "nlist": 256,
                 "nprobe_values": [16, 64], "translate_rows": 20000, "route_nodes": 200,
                 "route_degree": 4, "route_budget_s": 10.0}
     return {"dims": [384, 1024], "pairs": 50_000, "epochs": 1, "batch": 512, "width": 1024,
             "exact": [(1000, 29000, 384), (10000, 100000, 384)], "ann_rows": 1_000_000,
-            "ann_queries": 1000, "hnsw_m": 16, "ef_values": [64, 128, 256],
+            "ann_queries": 1000, "hnsw_m": 16, "ef_construction": 40,
+            "ef_values": [64, 128, 256],
             "nlist": 1024, "nprobe_values": [16, 64, 128], "translate_rows": 50_000,
             "route_nodes": 200, "route_degree": 4, "route_budget_s": 30.0}
 

@@ -194,3 +194,19 @@ def test_fusion_rejects_mismatched_views(two_routes):
         fused_metrics(Q, G[:1])
     with pytest.raises(BridgeError, match="unknown fusion method 'max'"):
         fused_metrics(Q, G, method="max")
+
+
+
+def test_hnsw_build_breadth_is_set_and_raises_recall_or_keeps_it():
+    from bridge.retrieval import build_index, search
+
+    r = np.random.default_rng(3)
+    G = r.standard_normal((3000, 16)).astype(np.float32)
+    Q = G[:200] + 0.05 * r.standard_normal((200, 16)).astype(np.float32)
+    recall = {}
+    for efc in (8, 200):
+        index = build_index(G, "hnsw", hnsw_m=4, ef_search=16, ef_construction=efc)
+        assert index.hnsw.efConstruction == efc
+        _, rows = search(Q, index, k=1)
+        recall[efc] = float(np.mean(rows[:, 0] == np.arange(200)))
+    assert recall[200] >= recall[8]

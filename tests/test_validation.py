@@ -425,6 +425,7 @@ def test_retrieval_ks(qg, ks):
     (dict(kind="hnsw", hnsw_m=0), "'hnsw_m'"),
     (dict(kind="hnsw", hnsw_m=1), "'hnsw_m'"),
     (dict(kind="hnsw", ef_search=0), "'ef_search'"),
+    (dict(kind="hnsw", ef_construction=0), "'ef_construction'"),
     (dict(kind="hnsw", efsearch=10), "unknown index option 'efsearch'"),
     (dict(kind="hnsw", depth=0), "'depth'"),
     (dict(kind="hnsw", depth=5, ks=(1, 10)), "'depth' must be at least max(ks) = 10"),
