@@ -24,7 +24,7 @@ from .errors import InvalidParameter
 from .store import check_embeddings, check_finite_rows  # noqa: F401  (re-exported)
 
 __all__ = ["TRANSLATE_CHUNK", "check_header", "check_finite_rows", "read_rows", "RowView",
-           "MappedRows", "materialize", "check_chunk_size", "column_stats", "check_lazy_rows", "lazy"]
+           "MappedRows", "materialize", "check_chunk_size", "column_stats", "lazy"]
 
 #: rows per block when :meth:`bridge.ModalityGraph.translate` streams its input
 TRANSLATE_CHUNK = 16384
@@ -122,17 +122,6 @@ def read_rows(x, key) -> np.ndarray:
             lo, hi = (int(k.min()), int(k.max()) + 1) if k.size else (0, 0)
         _release(x, lo, hi)
     return out
-
-
-def check_lazy_rows(x, name: str = "embeddings", chunk: int = 16384):
-    """A memory map or lazy row view checked like :func:`~bridge.store.check_embeddings`
-    (rank, dtype, width, no NaN/inf) block by block, and returned as it is (never copied
-    whole)."""
-    x = check_header(x, name)
-    n = int(x.shape[0])
-    for lo in range(0, n, chunk):
-        check_finite_rows(np.asarray(read_rows(x, slice(lo, min(n, lo + chunk)))), name, lo)
-    return x
 
 
 def column_stats(x, chunk: int = 65536, name: str = "embeddings") -> dict:

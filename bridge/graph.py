@@ -339,8 +339,7 @@ class ModalityGraph:
         anything is trained; fewer than ``warn_val`` (30) validation pairs warns with
         :class:`~bridge.errors.SmallSampleWarning`. Returns ``{(src, dst): metrics}``.
         """
-        from .translators import make_translator
-        from .translators import CentredTranslator
+        from .translators import CentredTranslator, make_translator
         from .translators.posthoc import PostHocTranslator, parse_post
 
         post_steps = parse_post(post)

@@ -23,7 +23,7 @@ import time
 
 from ..errors import InvalidParameter
 from ..params import Satisfies
-from .base import TRANSLATORS, Translator, make_translator, register, restore_base
+from .base import TRANSLATORS, WRAPPERS, Translator, make_translator, register, restore_base
 
 __all__ = ["AutoTranslator", "DEFAULT_CANDIDATES"]
 
@@ -44,9 +44,9 @@ def _candidate(c) -> tuple[str, dict]:
     else:
         raise InvalidParameter(f"an auto candidate must be a kind name or a dict with a 'kind' "
                                f"key, got {c!r:.60}")
-    if kind not in TRANSLATORS or kind in ("base", "auto", "centred", "posthoc"):
-        raise InvalidParameter(f"unknown auto candidate kind {kind!r}; expected one of "
-                               f"{sorted(k for k in TRANSLATORS if k not in ('base', 'auto', 'centred', 'posthoc'))}")
+    plain = sorted(k for k in TRANSLATORS if k != "base" and k not in WRAPPERS)
+    if kind not in plain:
+        raise InvalidParameter(f"unknown auto candidate kind {kind!r}; expected one of {plain}")
     TRANSLATORS[kind].validate_param_values(params)
     return kind, params
 

@@ -162,21 +162,20 @@ class Translator(BaseEstimator):
             )
 
     #: True for kinds whose fit streams its training rows block by block (closed forms
-    #: from accumulated moments): memory maps and lazy row views are then checked in
-    #: blocks and never copied whole
+    #: from accumulated moments, :func:`~bridge.translators.functional.pair_moments`):
+    #: memory maps and lazy row views are then checked here for shape and dtype only,
+    #: their values in the same pass that reads them, and never copied whole
     streams: bool = False
 
     def _check_pair(self, X, Y, nx="X", ny="Y"):
-        from ..chunks import check_lazy_rows, lazy
+        from ..chunks import check_header, lazy
 
-        if self.streams and (lazy(X) or isinstance(X, np.memmap)):
-            X = check_lazy_rows(X, nx)
-        else:
-            X = check_embeddings(X, nx).astype(np.float32, copy=False)
-        if self.streams and (lazy(Y) or isinstance(Y, np.memmap)):
-            Y = check_lazy_rows(Y, ny)
-        else:
-            Y = check_embeddings(Y, ny).astype(np.float32, copy=False)
+        def checked(a, name):
+            if self.streams and (lazy(a) or isinstance(a, np.memmap)):
+                return check_header(a, name)
+            return check_embeddings(a, name).astype(np.float32, copy=False)
+
+        X, Y = checked(X, nx), checked(Y, ny)
         if X.shape[0] != Y.shape[0]:
             raise DimensionMismatch(
                 f"{nx} has {X.shape[0]} rows but {ny} has {Y.shape[0]}; expected paired rows"

@@ -80,18 +80,33 @@ class PairMoments:
                 self.qy + 2 * float(cy @ Sy) + n * float(cy @ cy))
 
 
-def pair_moments(X, Y, block: int = MOMENT_BLOCK) -> PairMoments:
-    """The moments of paired rows, read ``block`` rows at a time (see the module doc)."""
-    from ..chunks import read_rows
+def pair_moments(X, Y, block: int = MOMENT_BLOCK, names=("X", "Y")) -> PairMoments:
+    """The moments of paired rows, read ``block`` rows at a time (see the module doc).
+
+    Rows not already validated in memory (a memory map or a lazy view) are checked for
+    NaN/inf block by block in the same pass, naming the row in the whole array
+    (:class:`~bridge.errors.InvalidEmbeddings`)."""
+    from ..chunks import lazy, read_rows
+    from ..store import check_finite_rows
 
     n = int(X.shape[0])
-    first = slice(0, min(n, block))
-    x0, y0 = (np.asarray(read_rows(a, first), dtype=np.float64) for a in (X, Y))
+    checked = [lazy(a) or isinstance(a, np.memmap) for a in (X, Y)]
+
+    def rows(lo):
+        part = slice(lo, min(n, lo + block))
+        out = []
+        for a, check, name in zip((X, Y), checked, names):
+            r = np.asarray(read_rows(a, part), dtype=np.float64)
+            if check:
+                check_finite_rows(r, name, lo)
+            out.append(r)
+        return out
+
+    x0, y0 = rows(0)
     m = PairMoments(x0.mean(0), y0.mean(0))
     m.add(x0, y0)
     for lo in range(block, n, block):
-        part = slice(lo, min(n, lo + block))
-        m.add(read_rows(X, part), read_rows(Y, part))
+        m.add(*rows(lo))
     return m
 
 
