@@ -8,6 +8,16 @@ row scoring as high as the right one counts as a miss), then mean cosine between
 of equal R@1; the weights of the best epoch are restored at the end, and epoch 0 (the
 initial weights) counts as a candidate, so a network started from a closed-form solution
 never ends worse than it on the held-out rows.
+
+Training rows held in memory are copied to the device once and drawn in a seeded random
+order each epoch. Rows that are memory-mapped or lazy (a :class:`numpy.memmap`, a
+:class:`bridge.chunks.RowView`) are streamed instead (:class:`ChunkedRows`): each epoch
+visits contiguous blocks of ``chunk_rows`` rows in a seeded order, shuffles the rows
+inside each block, and cuts the batches from them (a batch may span two blocks), so the
+working memory is about one block whatever the number of rows, and with a single block
+(``chunk_rows >= n``) the batches are exactly those of the in-memory path. ``epoch_rows``
+bounds the rows drawn per epoch. The loop itself (:func:`fit_rows`) takes any source of
+batches, which is how :mod:`bridge.distributed` trains one network on several processes.
 """
 
 from __future__ import annotations
@@ -27,7 +37,12 @@ import torch.nn.functional as F
 from .losses import make_loss
 from .metrics import paired_retrieval
 
-__all__ = ["FitReport", "train", "resolve_device", "progress_desc"]
+__all__ = ["FitReport", "train", "fit_rows", "resolve_device", "progress_desc", "MemoryRows",
+           "ChunkedRows", "chunk_plan", "cut_batches", "CHUNK_ROWS", "is_streamed",
+           "training_rows", "label_codes"]
+
+#: rows per block when :func:`train` streams memory-mapped or lazy training rows
+CHUNK_ROWS = 65536
 
 #: the progress bar's name when :func:`train` is given no ``desc`` (see :func:`progress_desc`)
 _DESC = contextvars.ContextVar("bridge_training_desc", default="training")
@@ -113,7 +128,6 @@ def _seed(seed: int, dev: torch.device) -> None:
             torch.cuda.manual_seed(seed)
 
 
-@_own_rng
 def train(
     model: torch.nn.Module,
     X,
@@ -135,6 +149,8 @@ def train(
     reverse: torch.nn.Module | None = None,
     cycle_weight: float = 0.0,
     desc: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    epoch_rows: int | None = None,
 ) -> tuple[FitReport, FitReport | None]:
     """Train ``model`` to map rows of ``X`` onto ``Y`` (and ``reverse`` back, if given).
 
@@ -146,13 +162,89 @@ def train(
     with their best weights. ``progress=True`` shows a bar named ``desc`` (default: the
     name :func:`progress_desc` set, else "training") and, at the end, one line on stderr
     saying why training stopped (early stop, or the epoch limit).
+
+    ``X``/``Y`` held in memory are copied to the device whole (:class:`MemoryRows`); a
+    memory map or a lazy row view on either side is streamed ``chunk_rows`` rows at a
+    time (:class:`ChunkedRows`; NaN/inf rows raise
+    :class:`~bridge.errors.InvalidEmbeddings` naming the row when its block is read).
+    ``epoch_rows`` (None: all rows) is the number of rows drawn per epoch, so that a very
+    large cache trains for a bounded number of steps per epoch; the learning-rate schedule
+    and early stopping still count epochs. Validation rows are held in memory.
+    """
+    from .chunks import check_chunk_size
+
+    chunk_rows = check_chunk_size(chunk_rows, "chunk_rows")
+    dev = resolve_device(device)
+    rows = training_rows(X, Y, labels, dev, chunk_rows)
+    return fit_rows(model, rows, X_val, Y_val, labels_val, loss=loss, epochs=epochs,
+                    batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                    patience=patience, temperature=temperature, seed=seed, device=device,
+                    progress=progress, reverse=reverse, cycle_weight=cycle_weight, desc=desc,
+                    epoch_rows=epoch_rows)
+
+
+def training_rows(X, Y, labels, dev: torch.device, chunk_rows: int = CHUNK_ROWS):
+    """The batch source :func:`train` draws from: :class:`ChunkedRows` when ``X`` or ``Y``
+    is streamed (:func:`is_streamed`), else :class:`MemoryRows` (a lazy view of rows held
+    in memory is read whole first, and checked for NaN/inf, as a copy of those rows
+    would be)."""
+    if any(is_streamed(a) for a in (X, Y)):
+        return ChunkedRows(X, Y, labels, dev, chunk_rows)
+    return MemoryRows(_dense(X, "X"), _dense(Y, "Y"), labels, dev)
+
+
+def is_streamed(a) -> bool:
+    """True for training rows that :func:`train` streams by block: a memory map, a
+    :class:`~bridge.chunks.RowView` of one, or another lazy row source (see
+    :func:`bridge.chunks.lazy`; a subclass of ``RowView`` computes its rows, and streams).
+    A plain ``RowView`` of an in-memory array is not streamed: its rows are read into
+    memory, so that a cache held in memory trains exactly as its rows copied out would."""
+    from .chunks import RowView, lazy
+
+    if isinstance(a, np.memmap):
+        return True
+    if isinstance(a, RowView):
+        return type(a) is not RowView or is_streamed(a.array)  # a subclass computes its rows
+    return lazy(a)
+
+
+@_own_rng
+def fit_rows(
+    model: torch.nn.Module,
+    rows,
+    X_val=None,
+    Y_val=None,
+    labels_val=None,
+    *,
+    loss="infonce+mse",
+    epochs: int = 100,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    patience: int = 8,
+    temperature: float = 0.05,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+    reverse: torch.nn.Module | None = None,
+    cycle_weight: float = 0.0,
+    desc: str | None = None,
+    epoch_rows: int | None = None,
+) -> tuple[FitReport, FitReport | None]:
+    """The training loop of :func:`train`, drawing its batches from ``rows``.
+
+    ``rows`` is a batch source: ``rows.epoch(gen, batch_size, epoch_rows)`` yields
+    ``(batch, size)`` for one epoch in an order drawn from the generator ``gen``, and
+    ``rows.loss(run, batch, cycle_weight)`` returns the loss of one batch as a tensor
+    (:class:`MemoryRows`, :class:`ChunkedRows`, or the sharded source of
+    :mod:`bridge.distributed`). Other arguments are those of :func:`train`.
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
     _seed(seed, dev)  # on a fork of the global state (see _own_rng)
     gen = torch.Generator().manual_seed(seed)  # the order of the rows, epoch after epoch
-    X, Y, X_val, Y_val = (_tensor(a, dev) for a in (X, Y, X_val, Y_val))
-    labels, labels_val = _label_codes(labels, dev), _label_codes(labels_val, dev)
+    X_val, Y_val = _tensor(_dense(X_val, "X_val"), dev), _tensor(_dense(Y_val, "Y_val"), dev)
+    labels_val = label_codes(labels_val, dev)
     run = _setup(model, reverse, loss, temperature, lr, weight_decay, epochs, dev)
     rep = FitReport(device=str(dev))
     rep_rev = FitReport(device=str(dev)) if reverse is not None else None
@@ -163,7 +255,7 @@ def train(
     bar, desc = _open_bar(progress, epochs, desc)
     epoch = 0
     for epoch in range(1, epochs + 1):
-        mean_loss = _train_epoch(run, X, Y, labels, gen, batch_size, cycle_weight)
+        mean_loss = _train_epoch(run, rows, gen, batch_size, cycle_weight, epoch_rows)
         for r in (rep, rep_rev):
             if r is not None:
                 r.train_loss.append(mean_loss)
@@ -200,12 +292,155 @@ def _tensor(a, dev: torch.device) -> torch.Tensor | None:
     return None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float32), device=dev)
 
 
-def _label_codes(a, dev: torch.device) -> torch.Tensor | None:
-    """Labels of any kind recoded as ints ``0..k-1`` (the order of their sorted values)."""
+def label_codes(a, dev: torch.device) -> torch.Tensor | None:
+    """Labels of any kind recoded as ints ``0..k-1`` (the order of their sorted values), as
+    a tensor on ``dev`` (None stays None)."""
     if a is None:
         return None
     _, inv = np.unique(np.asarray(a), return_inverse=True)
     return torch.as_tensor(inv, device=dev)
+
+
+def _dense(a, name: str):
+    """Rows in memory: a memory map or lazy view is read whole and checked for NaN/inf,
+    naming its rows by ``name`` (anything else was checked by the caller); None stays
+    None."""
+    from .chunks import lazy, read_rows
+    from .store import check_finite_rows
+
+    if a is None or not (lazy(a) or isinstance(a, np.memmap)):
+        return a
+    out = np.asarray(read_rows(a, slice(None)), dtype=np.float32)
+    check_finite_rows(out, name)
+    return out
+
+
+class MemoryRows:
+    """Training pairs held whole on the device, drawn in a fresh seeded order each epoch
+    (a last batch of one row is skipped)."""
+
+    def __init__(self, X, Y, labels, dev: torch.device):
+        self.X, self.Y = _tensor(X, dev), _tensor(Y, dev)
+        self.labels = label_codes(labels, dev)
+        self.n = int(self.X.shape[0])
+
+    def epoch(self, gen, batch_size: int, epoch_rows: int | None = None):
+        perm = torch.randperm(self.n, generator=gen).to(self.X.device)
+        if epoch_rows is not None:
+            perm = perm[:epoch_rows]
+        for s in range(0, perm.shape[0], batch_size):
+            idx = perm[s : s + batch_size]
+            if idx.shape[0] < 2:
+                continue
+            lb = None if self.labels is None else self.labels[idx]
+            yield (self.X[idx], self.Y[idx], lb), int(idx.shape[0])
+
+    def loss(self, run: "_Run", batch, cycle_weight: float) -> torch.Tensor:
+        return _batch_loss(run, *batch, cycle_weight)
+
+
+def chunk_plan(n: int, chunk_rows: int, gen, epoch_rows: int | None = None):
+    """The row order of one streamed epoch: ``(lo, hi, order)`` for each block of rows
+    ``lo:hi`` visited, ``order`` the seeded order of its rows (offsets from ``lo``).
+
+    Blocks are ``chunk_rows`` contiguous rows, visited in an order drawn from ``gen``
+    (nothing is drawn for a single block, so one block's order is ``randperm(n)``, the
+    in-memory order); the rows of each block are shuffled when it is reached. With
+    ``epoch_rows`` the epoch stops after that many rows (the last block partly used).
+    """
+    k = -(-n // chunk_rows)
+    blocks = torch.randperm(k, generator=gen).tolist() if k > 1 else [0]
+    left = n if epoch_rows is None else min(int(epoch_rows), n)
+    for c in blocks:
+        if left <= 0:
+            return
+        lo, hi = c * chunk_rows, min(n, (c + 1) * chunk_rows)
+        order = torch.randperm(hi - lo, generator=gen)
+        if order.shape[0] > left:
+            order = order[:left]
+        left -= int(order.shape[0])
+        yield lo, hi, order
+
+
+def cut_batches(plan, batch_size: int):
+    """Batches of ``batch_size`` rows cut from a :func:`chunk_plan`, in its order.
+
+    Yields ``(segments, size)`` for each batch: ``segments`` is a list of
+    ``(lo, offsets)``, the batch's rows ``lo + offsets`` in order, one segment per block
+    it takes rows from (a batch spans two blocks when one ends mid-batch). The epoch's
+    last batch may be smaller; one of fewer than two rows is dropped (as in memory).
+    """
+    pending, count = [], 0
+    for lo, _, order in plan:
+        pos, m = 0, int(order.shape[0])
+        while pos < m:
+            take = min(batch_size - count, m - pos)
+            pending.append((lo, order[pos : pos + take]))
+            count += take
+            pos += take
+            if count == batch_size:
+                yield pending, count
+                pending, count = [], 0
+    if count >= 2:
+        yield pending, count
+
+
+class ChunkedRows:
+    """Training pairs streamed from memory maps or lazy views, a block at a time.
+
+    Each block of ``chunk_rows`` rows is read once per epoch (float16 or float32 on disk,
+    a float32 tensor on the device), checked for NaN/inf (naming the row in ``X``/``Y``),
+    and its mapped pages handed back to the operating system
+    (:func:`bridge.chunks.read_rows`); batches are cut from it in the order of
+    :func:`chunk_plan` and :func:`cut_batches`. Memory held: one block per side plus
+    one batch, whatever the number of rows.
+    """
+
+    def __init__(self, X, Y, labels, dev: torch.device, chunk_rows: int = CHUNK_ROWS,
+                 names=("X", "Y")):
+        self.X, self.Y, self.dev = X, Y, dev
+        self.labels = label_codes(labels, dev)
+        self.n = int(X.shape[0])
+        self.chunk_rows = int(chunk_rows)
+        self.names = names
+
+    def read(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``lo:hi`` of both sides as float32 tensors on the device, checked."""
+        return tuple(_block(a, slice(lo, hi), name, lo, self.dev)
+                     for a, name in zip((self.X, self.Y), self.names))
+
+    def epoch(self, gen, batch_size: int, epoch_rows: int | None = None):
+        plan = chunk_plan(self.n, self.chunk_rows, gen, epoch_rows)
+        held = {}
+        for segments, size in cut_batches(plan, batch_size):
+            xs, ys, ls = [], [], []
+            for lo, off in segments:
+                if lo not in held:
+                    held.clear()  # the block before is no longer needed: one at a time
+                    held[lo] = self.read(lo, min(self.n, lo + self.chunk_rows))
+                xc, yc = held[lo]
+                xs.append(xc[off.to(xc.device)])
+                ys.append(yc[off.to(yc.device)])
+                if self.labels is not None:
+                    ls.append(self.labels[(off + lo).to(self.labels.device)])
+            xb = xs[0] if len(xs) == 1 else torch.cat(xs)
+            yb = ys[0] if len(ys) == 1 else torch.cat(ys)
+            lb = None if self.labels is None else (ls[0] if len(ls) == 1 else torch.cat(ls))
+            yield (xb, yb, lb), size
+
+    def loss(self, run: "_Run", batch, cycle_weight: float) -> torch.Tensor:
+        return _batch_loss(run, *batch, cycle_weight)
+
+
+def _block(a, key, name: str, offset: int, dev: torch.device) -> torch.Tensor:
+    """Rows ``key`` of ``a`` (read through :func:`bridge.chunks.read_rows`) as a float32
+    tensor on ``dev``, after a NaN/inf check naming rows from ``offset``."""
+    from .chunks import read_rows
+    from .store import check_finite_rows
+
+    r = np.asarray(read_rows(a, key), dtype=np.float32)
+    check_finite_rows(r, name, offset)
+    return torch.from_numpy(np.ascontiguousarray(r)).to(dev)
 
 
 @dataclass
@@ -231,7 +466,7 @@ def _setup(model, reverse, loss, temperature, lr, weight_decay, epochs, dev) -> 
         reverse.to(dev)
         loss_rev = make_loss(loss, temperature=temperature).to(dev)
         params += list(reverse.parameters()) + list(loss_rev.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     return _Run(model, reverse, loss_fn, loss_rev, opt, sched)
 
@@ -250,29 +485,25 @@ def _batch_loss(run: _Run, xb, yb, lb, cycle_weight: float) -> torch.Tensor:
     return loss_v
 
 
-def _train_epoch(run: _Run, X, Y, labels, gen, batch_size: int, cycle_weight: float) -> float:
-    """One pass over the rows in an order drawn from ``gen``, one optimiser step per batch
-    (a last batch of one row is skipped), then one step of the schedule. Returns the mean
-    loss per row."""
+def _train_epoch(run: _Run, rows, gen, batch_size: int, cycle_weight: float,
+                 epoch_rows: int | None = None) -> float:
+    """One pass over the batches ``rows`` draws from ``gen`` (see :func:`fit_rows`), one
+    optimiser step per batch, then one step of the schedule. Returns the mean loss per
+    row. The sum stays on the device until the end of the epoch (no host sync a batch)."""
     run.model.train()
     if run.reverse is not None:
         run.reverse.train()
-    n = X.shape[0]
-    perm = torch.randperm(n, generator=gen).to(X.device)
-    total, count = 0.0, 0
-    for s in range(0, n, batch_size):
-        idx = perm[s : s + batch_size]
-        if idx.shape[0] < 2:
-            continue
-        lb = None if labels is None else labels[idx]
-        loss_v = _batch_loss(run, X[idx], Y[idx], lb, cycle_weight)
+    total, count = None, 0
+    for batch, size in rows.epoch(gen, batch_size, epoch_rows):
+        loss_v = rows.loss(run, batch, cycle_weight)
         run.opt.zero_grad(set_to_none=True)
         loss_v.backward()
         run.opt.step()
-        total += float(loss_v.detach()) * idx.shape[0]
-        count += idx.shape[0]
+        part = loss_v.detach().double() * size
+        total = part if total is None else total + part
+        count += size
     run.sched.step()
-    return total / max(count, 1)
+    return (0.0 if total is None else float(total)) / max(count, 1)
 
 
 def _validate(run: _Run, val, rep: FitReport, rep_rev: FitReport | None) -> tuple[float, float]:

@@ -83,7 +83,8 @@ def test_train_epoch_skips_a_last_batch_of_one_row():
     Y = torch.as_tensor(rng.standard_normal((5, 2)), dtype=torch.float32)
     run = training._setup(torch.nn.Linear(3, 2), None, "mse", 0.05, 1e-2, 0.0, 4,
                           torch.device("cpu"))
-    mean = training._train_epoch(run, X, Y, None, torch.Generator().manual_seed(0), 2, 0.0)
+    rows = training.MemoryRows(X, Y, None, torch.device("cpu"))
+    mean = training._train_epoch(run, rows, torch.Generator().manual_seed(0), 2, 0.0)
     steps = {int(s["step"]) for s in run.opt.state.values()}
     assert steps == {2}  # batches of 2, 2 and (skipped) 1
     assert run.sched.last_epoch == 1 and np.isfinite(mean) and mean > 0
@@ -108,9 +109,9 @@ def test_validate_averages_the_two_directions_and_fills_both_reports():
 
 
 def test_label_codes_follow_the_sorted_values():
-    codes = training._label_codes(["b", "a", "c", "a"], torch.device("cpu"))
+    codes = training.label_codes(["b", "a", "c", "a"], torch.device("cpu"))
     assert codes.tolist() == [1, 0, 2, 0]
-    assert training._label_codes(None, torch.device("cpu")) is None
+    assert training.label_codes(None, torch.device("cpu")) is None
 
 
 # ---------------------------------------------------------------------------

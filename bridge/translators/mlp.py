@@ -11,6 +11,7 @@ from torch import nn
 from ..errors import InvalidParameter
 from ..params import Interval, Options, Satisfies
 from .base import Translator, register
+from ..training import CHUNK_ROWS
 from .functional import procrustes_fit, ridge_fit
 
 __all__ = ["MLPTranslator", "MLPNet"]
@@ -98,9 +99,26 @@ class MLPTranslator(Translator):
         Training options (see :func:`bridge.training.train`). ``epochs=0`` keeps the
         closed-form start of ``init`` (refused with ``init=None``); ``batch_size`` is at
         least 2 (a contrastive batch needs negatives).
+    epoch_rows : int or None
+        Rows drawn per epoch (None: every training row). A cache of millions of rows then
+        trains for a bounded number of steps per epoch (``epoch_rows / batch_size``); the
+        rows of each epoch are a fresh seeded draw, so successive epochs see different
+        rows. Early stopping and the learning-rate schedule still count epochs.
+    chunk_rows : int
+        Rows per block when the training rows are memory-mapped or a lazy row view
+        (:class:`bridge.chunks.RowView`, as :meth:`bridge.ModalityGraph.connect` passes
+        them): training then never copies them whole but reads one block of
+        ``chunk_rows`` contiguous rows at a time, in a seeded order of blocks, shuffling
+        the rows inside each (see :class:`bridge.training.ChunkedRows`), so its memory
+        stays about one block of float32 rows per side whatever the cache size; the
+        closed-form start of ``init`` is accumulated in one streamed pass
+        (:func:`~bridge.translators.functional.pair_moments`). With
+        ``chunk_rows >= n`` the result equals that of the same rows held in memory.
     """
 
     kind = "mlp"
+    #: memory-mapped and lazy training rows are streamed by block (see ``chunk_rows``)
+    streams = True
 
     _parameter_constraints = {
         "width": [Interval(Integral, 1, None)],
@@ -122,6 +140,8 @@ class MLPTranslator(Translator):
         "device": [Satisfies(_device_error, "'auto', a torch device name such as 'cpu' or "
                                             "'cuda'"), None],
         "progress": [bool],
+        "epoch_rows": [Interval(Integral, 1, None), None],
+        "chunk_rows": [Interval(Integral, 1, None)],
     }
 
     def __init__(self, width: int = 1024, depth: int = 2, residual: bool = True,
@@ -129,7 +149,8 @@ class MLPTranslator(Translator):
                  loss: str = "infonce+mse", alpha: float = 1.0, epochs: int = 60,
                  batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 1e-2,
                  patience: int = 6, temperature: float = 0.05, seed: int = 0,
-                 device: str | None = None, progress: bool = False):
+                 device: str | None = None, progress: bool = False,
+                 epoch_rows: int | None = None, chunk_rows: int = CHUNK_ROWS):
         self.width = width
         self.depth = depth
         self.residual = residual
@@ -147,6 +168,8 @@ class MLPTranslator(Translator):
         self.seed = seed
         self.device = device
         self.progress = progress
+        self.epoch_rows = epoch_rows
+        self.chunk_rows = chunk_rows
 
     @classmethod
     def validate_param_values(cls, params: dict) -> None:
@@ -188,7 +211,7 @@ class MLPTranslator(Translator):
 
         self.net_ = self.init_network(X, Y)
         rep, _ = train(self.net_, X, Y, X_val, Y_val, labels=labels, labels_val=labels_val,
-                       **self._train_options())
+                       **self.train_options())
         self.net_.cpu().eval()
         return rep.to_dict()
 
@@ -206,7 +229,6 @@ class MLPTranslator(Translator):
         target, as in :meth:`fit`. Each ``fit_report_`` holds its direction's training
         report plus ``cycle_weight`` and ``n_train``.
         """
-        from ..errors import DimensionMismatch
         from ..training import train
         from .base import make_translator
 
@@ -215,6 +237,27 @@ class MLPTranslator(Translator):
             raise InvalidParameter(
                 f"cycle_weight must be a finite number >= 0, got {cycle_weight!r}")
         self._validate_params()
+        X, Y, X_val, Y_val = self.check_training_pairs(X, Y, X_val, Y_val, labels, labels_val)
+        fwd, bwd = make_translator(self), make_translator(self)
+        fwd.in_dim_, fwd.out_dim_ = X.shape[1], Y.shape[1]
+        bwd.in_dim_, bwd.out_dim_ = Y.shape[1], X.shape[1]
+        fwd.net_, bwd.net_ = fwd.init_network(X, Y), bwd.init_network(Y, X)
+        r1, r2 = train(fwd.net_, X, Y, X_val, Y_val, labels=labels, labels_val=labels_val,
+                       reverse=bwd.net_, cycle_weight=cycle_weight, **self.train_options())
+        for T, r in ((fwd, r1), (bwd, r2)):
+            T.net_.cpu().eval()
+            T.fit_report_ = {**r.to_dict(), "cycle_weight": cycle_weight,
+                             "n_train": int(X.shape[0])}
+        return fwd, bwd
+
+    def check_training_pairs(self, X, Y, X_val=None, Y_val=None, labels=None, labels_val=None):
+        """``(X, Y, X_val, Y_val)`` checked as :meth:`fit` checks them: paired rows of
+        finite floats (memory maps and lazy views checked for shape and dtype only, their
+        values when training reads them), validation rows of the same dimensions given
+        with both sides or neither, one label per row. Raises the errors of
+        :mod:`bridge.errors` naming the bad argument."""
+        from ..errors import DimensionMismatch
+
         X, Y = self._check_pair(X, Y, "X", "Y")
         if (X_val is None) != (Y_val is None):
             raise InvalidParameter("give both X_val and Y_val, or neither")
@@ -230,23 +273,16 @@ class MLPTranslator(Translator):
                     f"{name} has {len(lab)} entries; expected one per row of "
                     f"{'X' if name == 'labels' else 'X_val'} "
                     f"({None if rows is None else rows.shape[0]})")
-        fwd, bwd = make_translator(self), make_translator(self)
-        fwd.in_dim_, fwd.out_dim_ = X.shape[1], Y.shape[1]
-        bwd.in_dim_, bwd.out_dim_ = Y.shape[1], X.shape[1]
-        fwd.net_, bwd.net_ = fwd.init_network(X, Y), bwd.init_network(Y, X)
-        r1, r2 = train(fwd.net_, X, Y, X_val, Y_val, labels=labels, labels_val=labels_val,
-                       reverse=bwd.net_, cycle_weight=cycle_weight, **self._train_options())
-        for T, r in ((fwd, r1), (bwd, r2)):
-            T.net_.cpu().eval()
-            T.fit_report_ = {**r.to_dict(), "cycle_weight": cycle_weight,
-                             "n_train": int(X.shape[0])}
-        return fwd, bwd
+        return X, Y, X_val, Y_val
 
-    def _train_options(self) -> dict:
+    def train_options(self) -> dict:
+        """The keyword arguments of :func:`bridge.training.train` this translator's
+        hyper-parameters set (loss, epochs, batch size, ..., ``epoch_rows``, ``chunk_rows``)."""
         return dict(loss=self.loss, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                     weight_decay=self.weight_decay, patience=self.patience,
                     temperature=self.temperature, seed=self.seed, device=self.device,
-                    progress=self.progress)
+                    progress=self.progress, epoch_rows=self.epoch_rows,
+                    chunk_rows=self.chunk_rows)
 
     @torch.no_grad()
     def _transform(self, X):
