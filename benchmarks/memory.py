@@ -32,22 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rss import MB, reset_peak, status  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 384
-MB = 2 ** 20
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def make_input(path: Path, rows: int, seed: int = 0) -> None:
@@ -102,8 +91,8 @@ def run_step(step: str, folder: Path, args) -> dict:
         if step == "fusion":
             y = np.load(folder / "y.npy", mmap_mode="r")
             qb = g.translate(q, route)
-    _reset_peak()
-    base = _status("VmRSS")
+    reset_peak()
+    base = status("VmRSS")
     t0 = time.perf_counter()
     if step == "translate_memmap":
         out = np.lib.format.open_memmap(folder / "y.npy", "w+", np.float32, (n, DIM))
@@ -121,7 +110,7 @@ def run_step(step: str, folder: Path, args) -> dict:
         extra = {"R@1": m["R@1"], "R@10": m["R@10"], "n_queries": nq, "n_gallery": gal,
                  "routes": 2}
     seconds = time.perf_counter() - t0
-    peak = _status("VmHWM") - base
+    peak = status("VmHWM") - base
     return {"step": step, "rows": int(n), "seconds": round(seconds, 2),
             "peak_above_baseline_MB": round(peak / MB, 1),
             "output_MB": round(out_bytes / MB, 1),

@@ -9,7 +9,9 @@ helpers here, so the memory they use does not grow with the number of rows:
 - :func:`read_rows` copies a block (a slice or row indices) into memory and, when the array
   is a read-only or shared memory map, hands the mapped pages of that block back to the
   operating system, so that streaming a file larger than memory does not grow the
-  process's resident set (the file stays in the page cache);
+  process's resident set (the file stays in the page cache); :func:`release_rows` does the
+  same for rows just written to a shared (``"r+"``/``"w+"``) memory map, e.g. the ``out``
+  of a translation kept on disk;
 - :class:`RowView` is a lazy row subset of an array (a gallery of selected cache rows),
   read block by block.
 """
@@ -23,8 +25,8 @@ import numpy as np
 from .errors import InvalidParameter
 from .store import check_embeddings, check_finite_rows  # noqa: F401  (re-exported)
 
-__all__ = ["TRANSLATE_CHUNK", "check_header", "check_finite_rows", "read_rows", "RowView",
-           "MappedRows", "materialize", "check_chunk_size", "column_stats", "lazy"]
+__all__ = ["TRANSLATE_CHUNK", "check_header", "check_finite_rows", "read_rows", "release_rows",
+           "RowView", "MappedRows", "materialize", "check_chunk_size", "column_stats", "lazy"]
 
 #: rows per block when :meth:`bridge.ModalityGraph.translate` streams its input
 TRANSLATE_CHUNK = 16384
@@ -69,10 +71,14 @@ def check_header(x, name: str = "embeddings", dim: int | None = None):
     return x
 
 
+#: numpy memory-map modes whose pages may be dropped from the resident set: read-only and
+#: shared ones (written pages stay dirty in the page cache and reach the file)
+_SHARED_MODES = ("r", "r+", "w+", "readonly", "readwrite", "write")
+
+
 def _mapping(a):
     """The ``mmap.mmap`` behind a read-only or shared numpy memory map, else None."""
-    if not isinstance(a, np.memmap) or getattr(a, "mode", None) not in ("r", "r+", "readonly",
-                                                                        "readwrite"):
+    if not isinstance(a, np.memmap) or getattr(a, "mode", None) not in _SHARED_MODES:
         return None
     b = a
     while isinstance(b, np.ndarray):
@@ -83,8 +89,9 @@ def _mapping(a):
 def _release(a: np.ndarray, lo: int, hi: int) -> None:
     """Drop the mapped pages of rows ``lo:hi`` of memory map ``a`` from the resident set.
 
-    Only for read-only and shared mappings, whose pages stay in the page cache (a private
-    copy-on-write mapping would lose its changes, so it is left alone). Best effort.
+    Only for read-only and shared mappings, whose pages stay in the page cache (written
+    pages included: the kernel keeps them dirty there until they reach the file); a private
+    copy-on-write mapping would lose its changes, so it is left alone. Best effort.
     """
     mm = _mapping(a)
     if mm is None or hi <= lo or not hasattr(mm, "madvise"):
@@ -102,6 +109,27 @@ def _release(a: np.ndarray, lo: int, hi: int) -> None:
             mm.madvise(mmap.MADV_DONTNEED, a0, a1 - a0)
     except (OSError, ValueError, TypeError, AttributeError, BufferError):
         pass
+
+
+def release_rows(x, lo: int = 0, hi: int | None = None) -> None:
+    """Hand the mapped pages under rows ``lo:hi`` (default: all) of the memory map ``x``
+    back to the operating system, so that writing (or reading) a file larger than memory
+    through ``x`` does not grow the process's resident set; the data stays in the page
+    cache and, for rows written to a shared map (modes ``"r+"``, ``"w+"``), reaches the
+    file. Anything but a read-only or shared :class:`numpy.memmap` is left alone.
+
+    For example, to keep a translation of a cache larger than memory on disk::
+
+        out = np.lib.format.open_memmap(path, "w+", np.float16, (n, dim))
+        for s in range(0, n, step):
+            graph.translate(x[s:s + step], route, out=out[s:s + step])
+            release_rows(out, s, s + step)
+    """
+    if not isinstance(x, np.memmap) or x.ndim == 0:
+        return
+    n = int(x.shape[0])
+    lo, hi, _ = slice(lo, n if hi is None else hi).indices(n)
+    _release(x, lo, hi)
 
 
 def read_rows(x, key) -> np.ndarray:

@@ -19,14 +19,25 @@ On disk a cache is one of:
   (read by :mod:`bridge.formats`; needs pyarrow, the ``parquet`` extra).
 
 Every write goes to a temporary file first and is renamed into place, so an interrupted
-save never leaves a half-written cache where a good one was.
+save never leaves a half-written cache where a good one was. :class:`CacheWriter` writes a
+cache folder a block of rows at a time, for caches larger than memory.
+
+Large caches. Validation reads a memory-mapped cache a block at a time and hands the
+mapped pages back to the operating system (:func:`bridge.chunks.read_rows`), so loading a
+cache larger than memory does not grow the resident set. Id and group columns read from
+byte-identical files (the same items embedded by two encoders) share their strings: the
+second cache costs one pointer per row, not one string per row. :func:`pair_by_ids` joins
+the id columns by their hashes, with no per-id dictionary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import tokenize
 import os
+import sys
+import tokenize
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +57,14 @@ from .files import atomic_dir, atomic_write_bytes, read_json, write_json
 
 __all__ = [
     "Cache",
+    "CacheWriter",
     "Pairs",
     "check_embeddings",
     "check_finite_rows",
     "load_cache",
     "save_cache",
     "pair_by_ids",
+    "join_ids",
     "pair_table",
     "PairTable",
     "as_pair_table",
@@ -141,12 +154,12 @@ def _nonfinite_rows(x: np.ndarray, chunk: int | None = None) -> np.ndarray:
 
     A row's float64 sum is finite exactly when the row is (float16/float32 rows cannot
     overflow it), so a block is summed first and only a block with a non-finite sum is
-    inspected element-wise. Working memory is a few rows' worth per block.
+    inspected element-wise. Working memory is a few rows' worth per block; a memory map's pages
+    are handed back to the operating system after each block (:func:`_blocks`).
     """
     chunk = chunk or CHECK_CHUNK_ROWS
     out = []
-    for s in range(0, x.shape[0], chunk):
-        block = x[s:s + chunk]
+    for s, block in _blocks(x, chunk):
         with np.errstate(over="ignore", invalid="ignore"):
             sums = block.sum(axis=1, dtype=np.float64)
         if np.isfinite(sums).all():
@@ -155,6 +168,18 @@ def _nonfinite_rows(x: np.ndarray, chunk: int | None = None) -> np.ndarray:
         rows = rows[~np.isfinite(block[rows]).all(axis=1)]  # float64 overflow is not NaN
         out.append(rows + s)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _blocks(x, chunk: int):
+    """``(start, rows start:start+chunk)`` of ``x`` in order, as views (nothing copied); a
+    memory map's pages under a block are handed back to the operating system once the
+    caller is done with it (:func:`bridge.chunks.release_rows`), so scanning a file
+    larger than memory keeps the resident set small."""
+    from .chunks import release_rows
+
+    for s in range(0, x.shape[0], chunk):
+        yield s, x[s:s + chunk]
+        release_rows(x, s, s + chunk)
 
 
 #: the largest finite float16 value
@@ -173,8 +198,7 @@ def check_float16_range(x, name: str = "embeddings", chunk: int | None = None) -
     """
     chunk = chunk or CHECK_CHUNK_ROWS
     top = 0.0
-    for s in range(0, x.shape[0], chunk):
-        block = x[s:s + chunk]
+    for _, block in _blocks(x, chunk):
         if block.size:
             top = max(top, abs(float(block.max())), abs(float(block.min())))
     with np.errstate(over="ignore"):
@@ -218,6 +242,8 @@ def _as_str_array(values, name: str, n: int | None = None, what: str = "row") ->
                 f"{values.shape}")
         if values.dtype.kind in "iuU":  # str() of each element, without a Python loop
             return _check_len(values.astype(str).astype(object), name, n, what)
+        if values.dtype == object and all(type(v) is str for v in values):
+            return _check_len(values.copy(), name, n, what)  # the same strings, new pointers
     out = []
     for v in values:
         if isinstance(v, (list, tuple, set, dict)) or (isinstance(v, np.ndarray) and v.ndim > 0):
@@ -317,17 +343,57 @@ class Cache:
         )
 
 
-def _read_ids_file(path: Path) -> tuple[list, Path] | None:
-    """Ids of a ``.npy`` cache from a sibling ``<name>.ids.json`` / ``<name>.ids.txt``."""
+def _ids_file_of(path: Path) -> Path | None:
+    """The sibling ``<name>.ids.json`` / ``<name>.ids.txt`` of a ``.npy`` cache, if any."""
     for cand in (path.with_suffix(".ids.json"), path.with_suffix(".ids.txt")):
         if cand.exists():
-            if cand.suffix == ".json":
-                return read_json(cand, "ids file"), cand
-            try:
-                return cand.read_text(encoding="utf-8").splitlines(), cand
-            except (OSError, UnicodeDecodeError) as e:
-                raise CorruptFile(f"ids file {cand} cannot be read: {e}") from e
+            return cand
     return None
+
+
+#: id and group columns read from files, by the files' size and digest, while a cache
+#: still holds them (read-only object arrays; caches hold copies of the pointers)
+_COLUMNS: "weakref.WeakValueDictionary[tuple, np.ndarray]" = weakref.WeakValueDictionary()
+
+
+def _read_column(path: Path, n: int, label: str, what: str = "ids") -> np.ndarray:
+    """A column of one string per row read from a JSON list (``.json``) or a text file of
+    one value a line, as a read-only object array, checked by :func:`_check_column`.
+
+    A file byte-identical to one whose column a live cache still holds returns that
+    column, unparsed: paired caches of the same items (one per encoder) share their id
+    strings. ``label`` names the file in errors (:class:`CorruptFile`).
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise CorruptFile(f"{label} missing: {path}") from e
+    except OSError as e:
+        raise CorruptFile(f"{label} {path} cannot be read: {e}") from e
+    key = (path.suffix == ".json", len(raw), hashlib.blake2b(raw, digest_size=16).digest())
+    col = _COLUMNS.get(key)
+    if col is not None and col.shape[0] == n:
+        return col
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptFile(f"{label} {path} cannot be read: {e}") from e
+    del raw
+    if path.suffix == ".json":
+        try:
+            values = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as e:
+            raise CorruptFile(f"{label} {path} is not valid JSON: {e}") from e
+    else:
+        values = text.splitlines()
+    del text
+    values = _check_column(values, n, f"{path}: {what}", what)
+    col = np.empty(len(values), dtype=object)
+    col[:] = values
+    del values
+    col.flags.writeable = False
+    _COLUMNS[key] = col
+    return col
 
 
 def _check_column(values, n: int, where: str, what: str = "ids") -> list[str]:
@@ -391,16 +457,19 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, *,
                 raise CorruptFile(f"cache folder {p} has no embeddings.npy")
             emb = np.load(emb_path, mmap_mode="r" if mmap else None, allow_pickle=False)
             ids_file, groups_file, meta_file = p / "ids.json", p / "groups.json", p / "meta.json"
-            ids = read_json(ids_file, "cache ids") if ids_file.exists() else None
-            if groups_file.exists():
-                groups = read_json(groups_file, "cache groups")
+            n = int(emb.shape[0]) if emb.ndim == 2 else 0
+            if ids_file.exists() and emb.ndim == 2:  # another rank is refused below
+                ids = _read_column(ids_file, n, "cache ids")
+            if groups_file.exists() and emb.ndim == 2:
+                groups = _read_column(groups_file, n, "cache groups", "groups")
             if meta_file.exists():
                 m = read_json(meta_file, "cache meta")
         elif p.suffix == ".npy":
             emb = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-            found = _read_ids_file(p)
-            if found is not None:
-                ids, ids_file = found
+            found = _ids_file_of(p)
+            if found is not None and emb.ndim == 2:
+                ids_file = found
+                ids = _read_column(found, int(emb.shape[0]), "ids file")
         elif p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:
                 key = "embeddings" if "embeddings" in z else "emb" if "emb" in z else None
@@ -458,9 +527,10 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, *,
     n = int(emb.shape[0])
     if not isinstance(m, dict):
         raise CorruptFile(f"{meta_file}: meta: expected an object, got {type(m).__name__}")
-    if ids is not None:
+    columns = [c for c in (ids, groups) if isinstance(c, np.ndarray)]  # read by _read_column
+    if ids is not None and not isinstance(ids, np.ndarray):
         ids = _check_column(ids, n, f"{ids_file}: ids")
-    if groups is not None:
+    if groups is not None and not isinstance(groups, np.ndarray):
         groups = _check_column(groups, n, f"{groups_file}: groups", "groups")
     m.update(meta)
     m.setdefault("name", p.stem if not p.is_dir() else p.name)
@@ -470,6 +540,7 @@ def load_cache(path: str | os.PathLike, mmap: bool = True, *,
         cache = Cache(ids=ids, emb=emb, meta=m, groups=groups, path=str(p))
     except BridgeError as e:
         raise CorruptFile(f"{emb_file}: {e}") from e
+    cache._columns = tuple(columns)  # keeps the shared columns alive while the cache lives
     return cache
 
 
@@ -602,6 +673,114 @@ def save_cache(path: str | os.PathLike, cache: Cache, dtype="float16",
     return p
 
 
+class CacheWriter:
+    """Write a cache folder a block of rows at a time (a cache larger than memory).
+
+    ``rows`` x ``dim`` embeddings stored as ``dtype`` (float16 or float32), with ``ids``
+    (one per row; ``None``: the row numbers, and no ``ids.json`` is written), optional
+    ``groups`` and ``meta``; the folder is the one :func:`save_cache` writes, read back by
+    :func:`load_cache` (memory-mapped)::
+
+        with CacheWriter("big/x", rows=n, dim=384, ids=ids) as w:
+            for block in blocks:   # (m, 384) arrays, in row order
+                w.append(block)
+
+    Each block is validated like a cache's rows (finite; within the float16 range for a
+    float16 cache) and written to a memory-mapped ``embeddings.npy``, whose pages are then
+    handed back to the operating system, so the resident set stays at about one block.
+    The folder is built beside ``path`` and swapped in when the block ends with all
+    ``rows`` written (see :class:`bridge.files.atomic_dir`); an exception, or fewer rows
+    than announced, leaves ``path`` as it was. Replacing a folder follows
+    :func:`save_cache` (same encoder, else ``overwrite=True``).
+    """
+
+    def __init__(self, path: str | os.PathLike, rows: int, dim: int, ids=None,
+                 dtype="float16", meta: dict | None = None, groups=None,
+                 overwrite: bool = False):
+        for name, v in (("rows", rows), ("dim", dim)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InvalidParameter(f"parameter {name!r} must be a positive integer, "
+                                       f"got {v!r}")
+        self.path, self.rows, self.dim = Path(path), int(rows), int(dim)
+        self.dtype = check_cache_dtype(np.zeros((1, 1), np.float16), dtype)
+        if meta is not None and not isinstance(meta, dict):
+            raise InvalidParameter(f"parameter 'meta' must be a dict, got "
+                                   f"{type(meta).__name__} {meta!r:.60}")
+        self.meta = dict(meta or {})
+        self.meta.setdefault("name", self.path.name)
+        self.ids = None if ids is None else _as_str_array(ids, "ids", self.rows)
+        self.groups = None if groups is None else _as_str_array(groups, "groups", self.rows,
+                                                                "row")
+        self.overwrite = overwrite
+        self.written = 0
+        self._dir = self._emb = None
+
+    def __enter__(self) -> "CacheWriter":
+        self._dir = atomic_dir(self.path, kind="cache", overwrite=self.overwrite)
+        tmp = self._dir.__enter__()
+        try:
+            check_same_encoder(self.path, self.meta, self.overwrite)
+            self._emb = np.lib.format.open_memmap(tmp / "embeddings.npy", "w+", self.dtype,
+                                                  (self.rows, self.dim))
+            if self.ids is not None:
+                write_json(tmp / "ids.json", self.ids)
+            write_json(tmp / "meta.json", self.meta)
+            if self.groups is not None:
+                write_json(tmp / "groups.json", self.groups)
+        except BaseException:
+            self._close()
+            self._dir.__exit__(*sys.exc_info())  # removes the temporary folder
+            raise
+        return self
+
+    def append(self, block) -> int:
+        """Write ``block`` (``(m, dim)`` rows) after the rows written so far; returns the
+        number of rows written. Raises :class:`DimensionMismatch` for another width or more
+        rows than announced, :class:`InvalidEmbeddings` for NaN/inf or (float16) values
+        over 65504, naming the rows by their place in the cache."""
+        if self._emb is None:
+            raise BridgeError("CacheWriter.append: the writer is not open; use it as "
+                              "'with CacheWriter(...) as w: w.append(block)'")
+        lo = self.written
+        name = f"{self.meta['name']} rows {lo}.."
+        x = _checked_block(block, name, self.dim)
+        if lo + x.shape[0] > self.rows:
+            raise DimensionMismatch(f"{self.path}: block of {x.shape[0]} rows after {lo} "
+                                    f"would exceed the announced {self.rows} rows")
+        check_finite_rows(x, str(self.meta["name"]), lo)
+        if self.dtype == np.float16 and x.dtype != np.float16:
+            check_float16_range(x, name)
+        self._emb[lo:lo + x.shape[0]] = x
+        from .chunks import release_rows
+
+        release_rows(self._emb, lo, lo + x.shape[0])
+        self.written = lo + int(x.shape[0])
+        return self.written
+
+    def _close(self) -> None:
+        if self._emb is not None:
+            self._emb.flush()
+            self._emb = None  # the mapping closes with its last array
+
+    def __exit__(self, exc_type, exc, tb):
+        self._close()
+        if exc_type is None and self.written != self.rows:
+            err = DimensionMismatch(f"{self.path}: {self.written} rows written of the "
+                                    f"announced {self.rows}; the cache was not saved")
+            self._dir.__exit__(DimensionMismatch, err, None)  # removes the temporary folder
+            raise err
+        return self._dir.__exit__(exc_type, exc, tb)
+
+
+def _checked_block(x, name: str, dim: int):
+    """A block for :meth:`CacheWriter.append`: a 2-D array of width ``dim`` with at least
+    one row (rank, dtype and width checked without reading its values, see
+    :func:`bridge.chunks.check_header`)."""
+    from .chunks import check_header
+
+    return check_header(x, name, dim)
+
+
 def concat_caches(caches: Sequence[Cache], prefixes: Sequence[str]) -> Cache:
     """Stack caches into one, ids and groups prefixed ``"<prefix>:"`` per source.
 
@@ -666,22 +845,52 @@ def pair_by_ids(a: Cache, b: Cache, groups: str = "a") -> Pairs:
     (``"a"`` or ``"b"``); without one, the shared id is the group.
     """
     _check_group_side(groups)
-    b_index: dict[str, list[int]] = {}
-    for j, k in enumerate(b.ids):
-        b_index.setdefault(k, []).append(j)
-    ar, br = [], []
-    for i, k in enumerate(a.ids):
-        for j in b_index.get(k, ()):
-            ar.append(i)
-            br.append(j)
-    if not ar:
+    ar, br = join_ids(a.ids, b.ids)
+    if not ar.size:
         raise NoPairs(
             f"caches {a.meta.get('name', '?')!r} and {b.meta.get('name', '?')!r} share no ids "
             f"(first ids: {list(a.ids[:3])} vs {list(b.ids[:3])}); pass a pair table instead"
         )
-    ar = np.asarray(ar, dtype=np.int64)
-    br = np.asarray(br, dtype=np.int64)
     return Pairs(ar, br, _pair_groups(a, b, ar, br, groups))
+
+
+def _hashes(ids: np.ndarray) -> np.ndarray:
+    return np.fromiter(map(hash, ids), dtype=np.int64, count=ids.shape[0])
+
+
+def join_ids(a_ids: np.ndarray, b_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(i, j)`` with ``a_ids[i] == b_ids[j]``, ordered by ``i`` then ``j``, as two
+    int64 arrays.
+
+    Ids are matched through their hashes (sorted, then searched), and every candidate
+    pair is confirmed by comparing the strings, so working memory is a few integers per
+    row (no dictionary of ids). Two equal columns of distinct ids (the usual paired
+    caches) pair row ``i`` with row ``i`` after one comparison pass.
+    """
+    na, nb = int(a_ids.shape[0]), int(b_ids.shape[0])
+    if na == 0 or nb == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    hb = _hashes(b_ids)
+    if a_ids is b_ids or (na == nb and bool((a_ids == b_ids).all())):
+        s = np.sort(hb)
+        if not (s[1:] == s[:-1]).any():  # distinct hashes: distinct ids
+            rows = np.arange(na, dtype=np.int64)
+            return rows, rows.copy()
+        del s
+    order = np.argsort(hb, kind="stable")  # equal hashes keep b's row order
+    hb = hb[order]
+    ha = _hashes(a_ids)
+    lo = np.searchsorted(hb, ha, "left")
+    count = np.searchsorted(hb, ha, "right") - lo
+    del ha, hb
+    ar = np.repeat(np.arange(na, dtype=np.int64), count)
+    start = np.repeat(lo - (np.cumsum(count) - count), count)
+    br = order[start + np.arange(ar.size, dtype=np.int64)]
+    del order, start, lo, count
+    same = a_ids[ar] == b_ids[br]  # a hash shared by different ids is no match
+    if not same.all():
+        ar, br = ar[same], br[same]
+    return ar, br
 
 
 def _check_group_side(groups) -> None:
