@@ -12,9 +12,16 @@ Every figure is set against a reference measured in the same process, on the sam
   network, loss terms, optimiser and batch size is the reference;
 - ``exact``: ``retrieval_metrics`` (flat) and ``ranks_of_relevant`` against a plain
   blocked torch product (and numpy) of the same queries x gallery, and a Faiss flat top-10;
-- ``ann``: Faiss HNSW and IVF through ``build_index``/``search`` on a clustered synthetic
-  gallery (1,000,000 x 384; smaller with ``--quick``): recall of the exact top-10 and the
-  speed-up over the exact (Faiss flat) search, for a sweep of search breadths;
+- ``ann``: Faiss HNSW and IVF through ``build_index``/``index_search`` on galleries of
+  1,000,000 x 384 (smaller with ``--quick`` or ``--ann-rows``), one entry per data set:
+  ``spectrum`` (a Gaussian gallery whose covariance eigenvalues are measured at run time
+  on a real embedding cache, ``--spectrum-source``; queries are gallery rows plus noise
+  of the same spectrum at cosine ``query_cos`` to their row, as translated queries sit
+  near their targets) and ``isotropic`` (uniformly random unit gallery and queries: the
+  worst case for any index). Recall of the exact top-10 and the speed-up over the exact
+  Faiss flat search of the same queries, for sweeps of ``efSearch`` and ``nprobe``, the
+  HNSW build time and index size; and the gallery in ``shards`` contiguous shards
+  (``bridge.sharded``, flat and ivf) against the single index;
 - ``translate``: rows/s of ``transform`` of each fitted kind;
 - ``routes``: ``ModalityGraph.route`` for every ordered pair of a 200-node random graph of
   tiny fitted edges, against networkx's all-pairs Dijkstra on the same graph.
@@ -25,11 +32,22 @@ already resident when it started). The machine may be shared: the load average a
 start and the end is in the JSON. Prints a table and writes
 ``benchmarks/results/speed.json`` (``speed_quick.json`` with ``--quick``).
 
-    .venv/bin/python benchmarks/speed.py [--quick] [--threads N] [--ann-rows N]
-        [--skip train,translate,exact,routes,ann] [--out PATH]
+    .venv/bin/python benchmarks/speed.py [--quick] [--threads N] [--device DEV]
+        [--skip train,translate,exact,routes,ann] [--out PATH] [--update]
+        [--ann-rows N] [--ann-data spectrum,isotropic] [--spectrum-source PATH]
+        [--hnsw-m M] [--ef-construction N] [--ef-values 16,32,..] [--nprobe-values 4,8,..]
 
-The full run takes about 15 minutes on 2 cores, most of it building the HNSW graph of
-the 1,000,000-row gallery; ``--quick`` about 3.
+``--update`` merges the parts measured into the existing JSON (each part records the
+command and date of its run under ``runs``), so a long part can be re-measured alone.
+``--device`` (``cpu``, ``cuda``, ``auto``) adds the torch path of the exact products
+(``retrieval_metrics(..., device=)``, ``exact_search``) next to the default numpy one;
+Faiss indexes go to the GPU only when Faiss has GPU support. On a shared machine run
+with ``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP threads of Faiss otherwise slow its
+multi-threaded flat search several times over when the cores are oversubscribed.
+
+The HNSW graph (M=32, efConstruction=100) is the long step: on 2 heavily shared cores
+it took about 15 minutes for 300,000 rows and had not finished after 50 minutes for
+1,000,000 (pass ``--ann-rows`` to size it to the time there is).
 """
 
 from __future__ import annotations
@@ -207,11 +225,6 @@ def clustered(n: int, d: int, seed: int, centers: int = 1000, latent: int = 16,
     return out, (C, bases)
 
 
-def clustered_queries(n: int, model, d: int, seed: int, noise: float = 0.1):
-    C, bases = model
-    return _draw(np.random.default_rng(seed), n, C, bases, noise)
-
-
 def _draw(rng, n, C, bases, noise):
     """``n`` rows: a random centre each, plus its subspace spread and noise, normalised."""
     latent, d = bases.shape[1], bases.shape[2]
@@ -361,7 +374,7 @@ def blocked_product(torch, Q, G, block=1024):
         torch.matmul(q, Gt.T, out=buf[:q.shape[0]])
 
 
-def bench_exact(torch, cfg, log, out):
+def bench_exact(torch, cfg, log, out, device=None):
     import faiss
 
     from bridge.retrieval import build_index, ranks_of_relevant, retrieval_metrics, search
@@ -384,14 +397,27 @@ def bench_exact(torch, cfg, log, out):
                     Q[s:s + 1024] @ G.T
             rec["product_numpy_s"] = _best_time(np_prod, reps=1)
         with Step(log, f"exact_retrieval_metrics_{tag}"):
-            t0 = time.perf_counter()
-            m = retrieval_metrics(Q, G, rel)
-            rec["retrieval_metrics_s"] = time.perf_counter() - t0
+            got = {}
+            # the best of two, as the products are (the machine's load changes)
+            rec["retrieval_metrics_s"] = _timed_twice(
+                lambda: got.setdefault("m", retrieval_metrics(Q, G, rel)))
+            m = got["m"]
         rec["R@1"] = m["R@1"]
+        if device is not None:
+            dev_tag = device.replace(":", "")
+            with Step(log, f"exact_product_torch_{dev_tag}_{tag}"):
+                rec[f"product_torch_{dev_tag}_s"] = _best_time(
+                    lambda: device_product(torch, Q, G, device), reps=2)
+            with Step(log, f"exact_retrieval_metrics_{dev_tag}_{tag}"):
+                retrieval_metrics(Q[:64], G, rel[:64], device=device)  # warm
+                t0 = time.perf_counter()
+                md = retrieval_metrics(Q, G, rel, device=device)
+                rec[f"retrieval_metrics_{dev_tag}_s"] = time.perf_counter() - t0
+            rec[f"retrieval_metrics_{dev_tag}_same_as_numpy"] = md == m
+            rec[f"retrieval_metrics_{dev_tag}_x_product_{dev_tag}"] = (
+                rec[f"retrieval_metrics_{dev_tag}_s"] / rec[f"product_torch_{dev_tag}_s"])
         with Step(log, f"exact_ranks_of_relevant_{tag}"):
-            t0 = time.perf_counter()
-            ranks_of_relevant(Q, G, rel)
-            rec["ranks_of_relevant_s"] = time.perf_counter() - t0
+            rec["ranks_of_relevant_s"] = _timed_twice(lambda: ranks_of_relevant(Q, G, rel))
         with Step(log, f"exact_faiss_flat_top10_{tag}"):
             t0 = time.perf_counter()
             index = build_index(G, "flat")
@@ -408,6 +434,30 @@ def bench_exact(torch, cfg, log, out):
     _ = faiss
 
 
+def _timed_twice(fn) -> float:
+    """The smaller wall time of two calls of ``fn`` (no warm-up call)."""
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def device_product(torch, Q, G, device, block=1024):
+    """The plain reference on a torch device: ``Q @ G.T`` in query blocks, the gallery
+    moved to the device once (included), scores discarded."""
+    dev = torch.device(device)
+    Gt = torch.from_numpy(G).to(dev)
+    Qt = torch.from_numpy(Q).to(dev)
+    buf = torch.empty(min(block, Q.shape[0]), G.shape[0], device=dev)
+    for s in range(0, Q.shape[0], block):
+        q = Qt[s:s + block]
+        torch.matmul(q, Gt.T, out=buf[:q.shape[0]])
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def derive_exact(rec: dict) -> dict:
     """Ratios of an exact-retrieval record to the plain product: the faster of the torch
     and numpy blocked products of the same queries x gallery."""
@@ -419,71 +469,230 @@ def derive_exact(rec: dict) -> dict:
     return rec
 
 
-def bench_ann(torch, cfg, log, out):
+def spectrum_of(path) -> np.ndarray:
+    """Eigenvalues (descending, >= 0) of the covariance of the rows of a real embedding
+    cache (a ``.npy`` file, float16 or float32): the only thing taken from it."""
+    X = np.load(path, mmap_mode="r")
+    mean = np.zeros(X.shape[1])
+    cov = np.zeros((X.shape[1], X.shape[1]))
+    for s in range(0, X.shape[0], 65536):
+        B = np.asarray(X[s:s + 65536], dtype=np.float64)
+        mean += B.sum(0)
+        cov += B.T @ B
+    n = X.shape[0]
+    mean /= n
+    cov = cov / n - np.outer(mean, mean)
+    return np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
+
+
+def spectrum_gallery(n: int, d: int, eigenvalues: np.ndarray, seed: int):
+    """``n`` rows from a zero-mean Gaussian whose covariance has the given eigenvalues
+    along a random orthonormal basis, L2-normalised, float32 (and the map that draws
+    them: ``rows = z @ A.T`` for standard normal ``z``)."""
+    rng = np.random.default_rng(seed)
+    ev = np.zeros(d)
+    ev[:min(d, eigenvalues.shape[0])] = eigenvalues[:d]
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    A = (basis * np.sqrt(ev)).astype(np.float32)
+    out = np.empty((n, d), dtype=np.float32)
+    for s in range(0, n, 262144):
+        e = min(n, s + 262144)
+        out[s:e] = rng.standard_normal((e - s, d), dtype=np.float32) @ A.T
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out, A
+
+
+def near_queries(G: np.ndarray, A: np.ndarray, nq: int, cos: float, seed: int):
+    """Queries near gallery rows: row ``t`` plus noise drawn from the same spectrum,
+    scaled so that the expected cosine to the row is ``cos``, normalised. Returns the
+    queries and their target rows."""
+    rng = np.random.default_rng(seed)
+    tgt = rng.choice(G.shape[0], nq, replace=False)
+    Z = rng.standard_normal((nq, G.shape[1]), dtype=np.float32) @ A.T
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    Q = G[tgt] + float(np.sqrt(1.0 / cos ** 2 - 1.0)) * Z
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    return Q, tgt
+
+
+def isotropic(n: int, d: int, seed: int) -> np.ndarray:
+    """``n`` uniformly random unit rows (isotropic Gaussian, normalised), float32."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, d), dtype=np.float32)
+    for s in range(0, n, 262144):
+        e = min(n, s + 262144)
+        out[s:e] = rng.standard_normal((e - s, d), dtype=np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def ann_data(kind: str, cfg, n: int, d: int, nq: int):
+    """Gallery, queries and a description of the ``kind`` data set of the ann step."""
+    if kind == "isotropic":
+        G = isotropic(n, d, seed=11)
+        Q = isotropic(nq, d, seed=12)
+        return G, Q, {"data": "isotropic: gallery and queries uniformly random unit vectors "
+                              "(independent); the worst case for any graph or cell index",
+                      "data_kind": "isotropic"}
+    path = Path(cfg["spectrum_source"])
+    if not path.is_file():
+        raise SystemExit(f"spectrum source {path} not found: pass --spectrum-source PATH (a "
+                         f"real .npy embedding cache), or --ann-data isotropic")
+    ev = spectrum_of(path)
+    G, A = spectrum_gallery(n, d, ev, seed=11)
+    Q, tgt = near_queries(G, A, nq, cfg["query_cos"], seed=12)
+    cos = float(np.mean(np.sum(Q * G[tgt], axis=1)))
+    return G, Q, {
+        "data": f"spectrum: Gaussian gallery whose covariance eigenvalues are those measured "
+                f"on {path.name} (only the eigenvalues are used; random orthonormal basis), "
+                f"rows normalised; queries = gallery rows plus noise of the same spectrum at "
+                f"cosine {cfg['query_cos']} to their row",
+        "data_kind": "spectrum", "spectrum_source": str(path),
+        "spectrum_effective_dim": float(ev.sum() ** 2 / (ev ** 2).sum()),
+        "query_target_cos_mean": cos}
+
+
+def bench_ann(torch, cfg, log, out, device=None):
+    """Approximate search on each data set of ``cfg["ann_data"]`` (see :func:`ann_data`)."""
+    out.setdefault("ann", {})
+    for kind in cfg["ann_data"]:
+        out["ann"][kind] = bench_ann_one(torch, cfg, log, kind, device)
+        if cfg.get("save"):
+            cfg["save"]()
+
+
+def bench_ann_one(torch, cfg, log, kind, device=None):
     import faiss
 
-    from bridge.retrieval import build_index, search
+    from bridge.retrieval import build_index, exact_search, faiss_has_gpu, index_search
 
     n, d, nq = cfg["ann_rows"], 384, cfg["ann_queries"]
-    rng = np.random.default_rng(11)
-    with Step(log, "ann_generate"):
-        G, model = clustered(n, d, seed=11, centers=max(100, n // 1000), rng=rng)
-        Q = clustered_queries(nq, model, d, seed=12)
-    res = {"gallery": n, "dim": d, "queries": nq, "k": 10,
-           "data": "clustered: max(100, n/1000) unit centres, 16-d latent spread of norm 0.5, "
-                   "isotropic noise of norm 0.1, normalised"}
-    with Step(log, "ann_exact_flat"):
+    tag = f"ann_{kind}"
+    with Step(log, f"{tag}_generate"):
+        G, Q, desc = ann_data(kind, cfg, n, d, nq)
+    res = {"gallery": n, "dim": d, "queries": nq, "k": 10, **desc,
+           "faiss_threads": faiss.omp_get_max_threads()}
+    with Step(log, f"{tag}_exact_flat"):
         index = build_index(G, "flat", normalized=True)
+        index_search(index, Q[:50], 10)  # warm
         t0 = time.perf_counter()
-        _, truth = search(Q, index, k=10)
+        truth_s, truth = index_search(index, Q, 10)
         res["exact_flat_s"] = time.perf_counter() - t0
-    del index
-    with Step(log, "ann_exact_torch_product"):
-        res["exact_torch_product_s"] = _best_time(lambda: blocked_product(torch, Q, G), reps=1)
+    flat = index  # kept: each speed-up is against a flat search timed right beside it
+
+    def flat_time() -> float:
+        t0 = time.perf_counter()
+        index_search(flat, Q, 10)
+        return time.perf_counter() - t0
+    if device is not None:
+        with Step(log, f"{tag}_exact_torch_{device}"):
+            exact_search(Q[:50], G, 10, device=device, normalized=True)
+            t0 = time.perf_counter()
+            _, rows_t = exact_search(Q, G, 10, device=device, normalized=True)
+            res[f"exact_search_{device}_s"] = time.perf_counter() - t0
+            res[f"exact_search_{device}_same_rows_as_flat"] = float(np.mean(rows_t == truth))
 
     def recall(rows):
         return float(np.mean([len(np.intersect1d(a, b)) / 10.0 for a, b in zip(rows, truth)]))
 
-    def sweep(index, kind, param, values, setter):
+    def sweep(index, param, values, setter):
+        # the machine may be shared and its load changes: the exact flat search of the
+        # same queries is timed again just before each point, and the point's speed-up
+        # is against that time
         pts = []
         for v in values:
             setter(index, v)
-            search(Q[:50], index, k=10)  # warm
+            index_search(index, Q[:50], 10)  # warm
+            base_s = flat_time()
             t0 = time.perf_counter()
-            _, rows = search(Q, index, k=10)
+            _, rows = index_search(index, Q, 10)
             sec = time.perf_counter() - t0
             pts.append({param: v, "seconds": sec, "recall@10": recall(rows),
-                        "speedup_vs_flat": res["exact_flat_s"] / sec,
+                        "flat_seconds": base_s, "speedup_vs_flat": base_s / sec,
                         "qps": nq / sec})
         good = [p for p in pts if p["recall@10"] >= 0.95]
         best = max(good, key=lambda p: p["speedup_vs_flat"]) if good else max(
             pts, key=lambda p: p["recall@10"])
         return pts, best
 
-    faiss.omp_set_num_threads(torch.get_num_threads())
-    m = cfg["hnsw_m"]
-    with Step(log, "ann_hnsw_build"):
-        index = build_index(G, "hnsw", hnsw_m=m, ef_construction=cfg["ef_construction"],
-                            normalized=True)
+    m, efc = cfg["hnsw_m"], cfg["ef_construction"]
+    with Step(log, f"{tag}_hnsw_build"):
+        index = build_index(G, "hnsw", hnsw_m=m, ef_construction=efc, normalized=True)
     res["hnsw"] = {"hnsw_m": m, "ef_construction": int(index.hnsw.efConstruction),
-                   "build_s": log["ann_hnsw_build"]["seconds"]}
-    with Step(log, "ann_hnsw_search"):
-        pts, best = sweep(index, "hnsw", "ef_search", cfg["ef_values"],
+                   "build_s": log[f"{tag}_hnsw_build"]["seconds"],
+                   "build_peak_rss_mb": log[f"{tag}_hnsw_build"]["peak_rss_mb"],
+                   "index_mb": (index.ntotal * d * 4 + index.hnsw.neighbors.size() * 4) / MB}
+    with Step(log, f"{tag}_hnsw_search"):
+        pts, best = sweep(index, "ef_search", cfg["ef_values"],
                           lambda ix, v: setattr(ix.hnsw, "efSearch", int(v)))
     res["hnsw"].update({"sweep": pts, "chosen": best})
     del index
     gc.collect()
     nlist = cfg["nlist"]
-    with Step(log, "ann_ivf_build"):
-        index = build_index(G, "ivf", nlist=nlist, normalized=True)
-    res["ivf"] = {"nlist": nlist, "build_s": log["ann_ivf_build"]["seconds"]}
-    with Step(log, "ann_ivf_search"):
-        pts, best = sweep(index, "ivf", "nprobe", cfg["nprobe_values"],
+    ivf_dev = device if (device is not None and str(device).startswith("cuda")
+                         and faiss_has_gpu()) else None
+    with Step(log, f"{tag}_ivf_build"):
+        index = build_index(G, "ivf", nlist=nlist, normalized=True, device=ivf_dev)
+    res["ivf"] = {"nlist": nlist, "build_s": log[f"{tag}_ivf_build"]["seconds"],
+                  "device": str(ivf_dev or "cpu")}
+    with Step(log, f"{tag}_ivf_search"):
+        pts, best = sweep(index, "nprobe", cfg["nprobe_values"],
                           lambda ix, v: setattr(ix, "nprobe", int(v)))
     res["ivf"].update({"sweep": pts, "chosen": best})
-    del index, G
+    ivf_best = best
+    del index
     gc.collect()
-    out["ann"] = res
+    res["sharded"] = bench_sharded(cfg, log, tag, G, Q, truth, truth_s, flat_time, recall,
+                                   ivf_best)
+    del G, flat
+    gc.collect()
+    return res
+
+
+def bench_sharded(cfg, log, tag, G, Q, truth, truth_s, flat_time, recall, ivf_best):
+    """The gallery in ``cfg["shards"]`` contiguous shards (one index each, merged top-10)
+    against the single index: flat (same rows and scores?) and ivf (each shard with
+    ``nlist / shards`` cells, the single index's best ``nprobe``)."""
+    from bridge.sharded import build_sharded
+
+    S = cfg["shards"]
+    rows_out = []
+    with Step(log, f"{tag}_sharded_flat"):
+        t0 = time.perf_counter()
+        sh = build_sharded(G, S, "flat", normalized=True)
+        build_s = time.perf_counter() - t0
+        sh.search(Q[:50], 10, normalized=True)
+        flat_s = flat_time()  # the single index, timed beside the sharded one
+        t0 = time.perf_counter()
+        s_sc, s_rows = sh.search(Q, 10, normalized=True)
+        sec = time.perf_counter() - t0
+    rows_out.append({"kind": "flat", "shards": S, "build_s": build_s, "seconds": sec,
+                     "single_seconds": flat_s, "time_x_single": sec / flat_s,
+                     "recall@10": recall(s_rows), "same_rows_as_single": bool(
+                         np.array_equal(s_rows, truth)),
+                     "same_scores_as_single": bool(np.array_equal(s_sc, truth_s))})
+    del sh
+    gc.collect()
+    nprobe = ivf_best["nprobe"]
+    with Step(log, f"{tag}_sharded_ivf"):
+        t0 = time.perf_counter()
+        sh = build_sharded(G, S, "ivf", nlist=max(1, cfg["nlist"] // S), nprobe=nprobe,
+                           normalized=True)
+        build_s = time.perf_counter() - t0
+        sh.search(Q[:50], 10, normalized=True)
+        flat_s = flat_time()
+        t0 = time.perf_counter()
+        _, s_rows = sh.search(Q, 10, normalized=True)
+        sec = time.perf_counter() - t0
+    rows_out.append({"kind": "ivf", "shards": S, "nlist_per_shard": max(1, cfg["nlist"] // S),
+                     "nprobe": nprobe, "build_s": build_s, "seconds": sec,
+                     "single_seconds": ivf_best["seconds"],
+                     "time_x_single": sec / ivf_best["seconds"],
+                     "recall@10": recall(s_rows), "single_recall@10": ivf_best["recall@10"],
+                     "flat_seconds": flat_s, "speedup_vs_flat": flat_s / sec})
+    del sh
+    gc.collect()
+    return rows_out
 
 
 def bench_routes(cfg, log, out):
@@ -603,35 +812,67 @@ def report(out) -> str:
     return "\n".join(lines)
 
 
-def _ann_lines(a) -> list[str]:
+def _ann_lines(ann) -> list[str]:
     lines = []
-    lines.append(f"approximate top-10 on {a['gallery']:,} x {a['dim']} ({a['queries']} queries); "
-                 f"exact flat {a['exact_flat_s']:.2f} s, torch product "
-                 f"{a['exact_torch_product_s']:.2f} s")
-    rows = []
-    for kind, p in (("hnsw", "ef_search"), ("ivf", "nprobe")):
-        for pt in a[kind]["sweep"]:
-            rows.append([f"{kind} {p}={pt[p]}", _f(a[kind]["build_s"], 1), _f(pt["seconds"], 3),
+    for kind, a in ann.items():
+        if not isinstance(a, dict) or "hnsw" not in a:
+            continue
+        extra = "".join(f", {k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in a.items()
+                        if k.startswith("exact_search_") and k.endswith("_s"))
+        lines.append(f"approximate top-10, {kind} data, {a['gallery']:,} x {a['dim']} "
+                     f"({a['queries']} queries); exact flat {a['exact_flat_s']:.2f} s{extra}")
+        rows = []
+        h = a["hnsw"]
+        for pt in h["sweep"]:
+            rows.append([f"hnsw M={h['hnsw_m']} efC={h['ef_construction']} ef={pt['ef_search']}",
+                         _f(h["build_s"], 1), _f(pt["seconds"], 3), _f(pt["recall@10"], 3),
+                         _f(pt["speedup_vs_flat"], 1)])
+        for pt in a["ivf"]["sweep"]:
+            rows.append([f"ivf nlist={a['ivf']['nlist']} nprobe={pt['nprobe']}",
+                         _f(a["ivf"]["build_s"], 1), _f(pt["seconds"], 3),
                          _f(pt["recall@10"], 3), _f(pt["speedup_vs_flat"], 1)])
-    lines.append(common.format_table(rows, ["index", "build s", "search s", "recall@10",
-                                            "speed-up"]))
-    lines.append("")
+        for r in a.get("sharded", []):
+            rows.append([f"{r['shards']} shards {r['kind']}", _f(r["build_s"], 1),
+                         _f(r["seconds"], 3), _f(r["recall@10"], 3),
+                         _f(r.get("speedup_vs_flat", r["single_seconds"] / r["seconds"]), 1)])
+        lines.append(common.format_table(rows, ["index", "build s", "search s", "recall@10",
+                                                "speed-up"]))
+        for r in a.get("sharded", []):
+            if r["kind"] == "flat":
+                lines.append(f"sharded flat: same rows as one flat index "
+                             f"{r['same_rows_as_single']}, same scores "
+                             f"{r['same_scores_as_single']}, time x single "
+                             f"{r['time_x_single']:.2f}")
+        lines.append("")
     return lines
 
 
 def config(quick: bool) -> dict:
+    common_ann = {"hnsw_m": 32, "ef_construction": 100, "query_cos": 0.85, "shards": 4,
+                  "ann_data": ["spectrum", "isotropic"],
+                  "spectrum_source": str(Path(__file__).resolve().parents[2] / "shared" /
+                                         "embeddings" / "multi30k" / "train.en.minilm.npy")}
     if quick:
         return {"dims": [384, 1024], "pairs": 8000, "epochs": 1, "batch": 512, "width": 1024,
                 "exact": [(1000, 29000, 384)], "ann_rows": 100_000, "ann_queries": 500,
-                "hnsw_m": 16, "ef_construction": 40, "ef_values": [64, 128], "nlist": 256,
-                "nprobe_values": [16, 64], "translate_rows": 20000, "route_nodes": 200,
+                **common_ann, "ef_values": [32, 64, 128], "nlist": 256,
+                "nprobe_values": [8, 16, 32], "translate_rows": 20000, "route_nodes": 200,
                 "route_degree": 4, "route_budget_s": 10.0}
     return {"dims": [384, 1024], "pairs": 50_000, "epochs": 1, "batch": 512, "width": 1024,
             "exact": [(1000, 29000, 384), (10000, 100000, 384)], "ann_rows": 1_000_000,
-            "ann_queries": 1000, "hnsw_m": 16, "ef_construction": 40,
-            "ef_values": [64, 128, 256],
-            "nlist": 1024, "nprobe_values": [16, 64, 128], "translate_rows": 50_000,
+            "ann_queries": 1000, **common_ann, "ef_values": [16, 32, 64, 128, 256, 512],
+            "nlist": 1024, "nprobe_values": [4, 8, 16, 32, 64], "translate_rows": 50_000,
             "route_nodes": 200, "route_degree": 4, "route_budget_s": 30.0}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise SystemExit(f"expected comma-separated integers >= 1, got {text!r}")
+    return vals
 
 
 def main(argv=None) -> int:
@@ -639,37 +880,110 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes (about 3 minutes)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--out", default=None, help="result JSON path")
+    ap.add_argument("--update", action="store_true",
+                    help="merge into the existing result JSON: replace only the parts this "
+                    "run measures (each part keeps the command and date of its run)")
     ap.add_argument("--skip", default="", help="comma-separated steps to leave out "
                     "(train, exact, ann, translate, routes)")
+    ap.add_argument("--device", default=None,
+                    help="device of the exact products (None: numpy; cpu, cuda, auto: torch)")
     ap.add_argument("--ann-rows", type=int, default=0,
                     help="gallery rows of the approximate-search step (default 1,000,000; "
                     "100,000 with --quick)")
+    ap.add_argument("--ann-data", default=None,
+                    help="comma-separated data sets of the approximate-search step: spectrum, "
+                    "isotropic (default both)")
+    ap.add_argument("--spectrum-source", default=None,
+                    help="real .npy embedding cache whose covariance eigenvalues shape the "
+                    "spectrum data set (default ../shared/embeddings/multi30k/"
+                    "train.en.minilm.npy)")
+    ap.add_argument("--hnsw-m", type=int, default=0, help="HNSW links per node (default 32)")
+    ap.add_argument("--ef-construction", type=int, default=0,
+                    help="HNSW build breadth (default 100)")
+    ap.add_argument("--ef-values", default=None, help="HNSW efSearch sweep, e.g. 32,64,128")
+    ap.add_argument("--nprobe-values", default=None, help="IVF nprobe sweep, e.g. 8,16,32")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     threads = common.set_threads(args.threads)
     import torch
 
+    from bridge.retrieval import resolve_device
+
+    try:
+        dev = resolve_device(args.device)
+    except Exception as e:  # a bad --device: say so and stop
+        raise SystemExit(f"--device: {e}") from None
+    device = None if dev is None else str(dev)
     common.set_seed(0)
     cfg = config(args.quick)
     if args.ann_rows:
         cfg["ann_rows"] = args.ann_rows
+    if args.ann_data:
+        kinds = [k.strip() for k in args.ann_data.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in ("spectrum", "isotropic")]
+        if bad or not kinds:
+            raise SystemExit(f"--ann-data: unknown data set {bad or args.ann_data!r}; expected "
+                             f"spectrum and/or isotropic")
+        cfg["ann_data"] = kinds
+    if args.spectrum_source:
+        cfg["spectrum_source"] = args.spectrum_source
+    if args.hnsw_m:
+        cfg["hnsw_m"] = args.hnsw_m
+    if args.ef_construction:
+        cfg["ef_construction"] = args.ef_construction
+    if args.ef_values:
+        cfg["ef_values"] = _ints(args.ef_values)
+    if args.nprobe_values:
+        cfg["nprobe_values"] = _ints(args.nprobe_values)
     skip = {s for s in args.skip.split(",") if s}
-    out: dict = {"machine": {"cpu_model": _cpu_model(), "cores": os.cpu_count(),
-                             "torch_threads": torch.get_num_threads(), "threads_asked": threads,
-                             "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE")
-                                                   * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
-                             "loadavg_start": _loadavg()},
-                 "quick": args.quick, "config": {k: v for k, v in cfg.items()}}
+    machine = {"cpu_model": _cpu_model(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "threads_asked": threads,
+               "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE")
+                                     * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
+               "device": device, "gpu": (torch.cuda.get_device_name(dev) if dev is not None
+                                         and dev.type == "cuda" else None),
+               "loadavg_start": _loadavg()}
+    out: dict = {"machine": machine, "quick": args.quick, "config": dict(cfg)}
     log: dict = {}
     out["steps"] = log
     path = Path(args.out) if args.out else common.results_dir() / (
         "speed_quick.json" if args.quick else "speed.json")
+    parts = [p for p in ("train", "translate", "exact", "routes", "ann") if p not in skip]
+    run_info = {"command": common.command_line(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "machine": machine, "config": dict(cfg)}
 
     def save():  # after every part, so an interrupted run keeps what it measured
-        out["machine"]["loadavg_end"] = _loadavg()
-        common.write_result(path, out, started)
+        machine["loadavg_end"] = _loadavg()
+        payload = out
+        if args.update and path.is_file():
+            import json
 
-    shapes = bench_matmul(torch, cfg, log, out)
+            payload = json.loads(path.read_text())
+            payload.pop("meta", None)
+            runs = payload.setdefault("runs", {})
+            for p in parts:
+                if p not in out:
+                    continue
+                if p == "ann":  # one entry per data set; others measured before are kept
+                    old = payload.get("ann")
+                    keep = old if isinstance(old, dict) and all(
+                        isinstance(v, dict) and "data_kind" in v for v in old.values()) else {}
+                    payload["ann"] = {**keep, **out["ann"]}
+                    payload.pop("ann_run", None)
+                    for kind in out["ann"]:
+                        runs[f"ann:{kind}"] = run_info
+                else:
+                    payload[p] = out[p]
+                    runs[p] = run_info
+            if "matmul" in out:
+                payload["matmul"] = out["matmul"]
+                payload["matmul_peak_gflops"] = out["matmul_peak_gflops"]
+            payload.setdefault("steps", {}).update(log)
+        common.write_result(path, payload, started)
+
+    cfg["save"] = save
+    # the matmul limit is what training and exact retrieval are set against
+    shapes = bench_matmul(torch, cfg, log, out) if {"train", "exact"} - skip else {}
     fitted = {}
     if "train" not in skip:
         fitted = bench_train(torch, cfg, log, out, shapes)
@@ -678,13 +992,16 @@ def main(argv=None) -> int:
         bench_translate(cfg, log, out, fitted)
         save()
     if "exact" not in skip:
-        bench_exact(torch, cfg, log, out)
+        bench_exact(torch, cfg, log, out, device)
         save()
     if "routes" not in skip:
         bench_routes(cfg, log, out)
         save()
     if "ann" not in skip:
-        bench_ann(torch, cfg, log, out)
+        import faiss
+
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        bench_ann(torch, cfg, log, out, device)
     save()
     print(report(out))
     print(f"wrote {path}")

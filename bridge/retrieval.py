@@ -19,9 +19,20 @@ With ``kind="flat"`` every rank is exact and counted by a streamed engine
 (:func:`ranks_of_relevant`): queries go a block at a time, the gallery streams in blocks
 normalised on the fly (a memory map, float16 included, is never copied whole), and the
 wrong rows scoring at least as high as each right row are counted inside the blocked
-product, so working memory does not grow with the gallery or the query count. With an approximate index the metrics come from the top ``depth``
-rows the index returns: a right row beyond ``depth`` counts as not found (reciprocal rank 0,
+product, so working memory does not grow with the gallery or the query count. With an
+approximate index the metrics come from the top ``depth`` rows the index returns: a right row beyond ``depth`` counts as not found (reciprocal rank 0,
 rank ``inf``), so MRR and mAP are then "at depth".
+
+Search results (:func:`search`, :func:`index_search`) are ordered by score, equal scores
+lower gallery row first, and a tie at the ``k``-th place keeps the lower rows; a flat
+index's scores are exact (float64 products of the float32 rows, rounded to float32), so
+they do not depend on the BLAS, and a gallery split into shards (:mod:`bridge.sharded`)
+gives the same rows and scores as one index.
+
+``device=`` (:func:`resolve_device`): ``None`` (the default) computes the exact products
+with numpy; ``"cpu"``, ``"cuda"`` or ``"auto"`` with torch on that device (a Faiss index
+goes onto a GPU only when Faiss has GPU support). The ranks, rows and scores are the same
+on every device: the device chooses candidates and counts, exact re-scoring decides.
 
 ``scoring="csls"`` or ``"qbnorm"`` (:mod:`bridge.hubness`) ranks by a hubness-corrected score
 computed with a query ``bank`` (queries of the same kind that are not the evaluated ones):
@@ -49,6 +60,12 @@ __all__ = [
     "retrieval_metrics",
     "bidirectional_metrics",
     "recovery_ratio",
+    "resolve_device",
+    "faiss_has_gpu",
+    "exact_search",
+    "index_search",
+    "order_hits",
+    "GALLERY_CACHE_BYTES",
     # building blocks of the exact rank engine, shared with bridge.fusion
     "check_k",
     "check_ks",
@@ -124,15 +141,21 @@ def check_index_options(kind, opts: dict, n: int | None = None) -> None:
                 f"ivf index, got {opts['nlist']}")
 
 
-def l2_normalize(x, name: str = "embeddings", check: bool = True) -> np.ndarray:
+def l2_normalize(x, name: str = "embeddings", check: bool = True, *,
+                 copy: bool = True) -> np.ndarray:
     """Rows of ``x`` scaled to unit length, float32, C-contiguous (what Faiss wants).
 
     The package's one normaliser. All-zero rows stay zero. ``check=False`` skips the
     validation of :func:`~bridge.store.check_embeddings` for arrays already checked.
+    ``copy=False`` scales ``x`` itself when it already is a writable C-contiguous float32
+    array (the caller owns it and no longer needs the raw rows); any other input is
+    converted into a new array once. The result is the same bits either way.
     """
     if check:
         x = check_embeddings(x, name)
-    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    if copy or not (isinstance(x, np.ndarray) and x.dtype == np.float32
+                    and x.flags.c_contiguous and x.flags.writeable):
+        x = np.array(x, dtype=np.float32, order="C", copy=True)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x
 
@@ -140,17 +163,81 @@ def l2_normalize(x, name: str = "embeddings", check: bool = True) -> np.ndarray:
 normalize = l2_normalize  # the name the retrieval functions below use
 
 
+def resolve_device(device):
+    """Where exact products run: ``None`` (the default): numpy on the CPU; ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"`` or a ``torch.device``: torch on that device; ``"auto"``:
+    ``cuda`` when torch sees a GPU, else ``None``. Returns ``None`` or a ``torch.device``.
+
+    Asking for CUDA where torch has none raises :class:`~bridge.errors.InvalidParameter`
+    naming the device and what torch reports; nothing falls back silently.
+    """
+    if device is None:
+        return None
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        import torch
+
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    import torch
+
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InvalidParameter(f"unknown device {device!r} ({e}); expected None, 'auto', "
+                               f"'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidParameter(f"device {device!r} is not supported; expected None, 'auto', "
+                               f"'cpu', 'cuda' or 'cuda:N'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            built = (f"built with CUDA {torch.version.cuda}" if torch.version.cuda
+                     else "built without CUDA")
+            raise InvalidParameter(f"device {device!r} was asked for, but torch "
+                                   f"{torch.__version__} ({built}) sees no CUDA device; use "
+                                   f"device='cpu', 'auto' or None")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidParameter(f"device {device!r} was asked for, but torch sees "
+                                   f"{torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def faiss_has_gpu() -> bool:
+    """Whether the installed Faiss was built with GPU support and sees a GPU."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
 def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int = 128,
                 ef_construction: int = 40, nlist: int | None = None, nprobe: int = 16,
-                seed: int = 0, normalized: bool = False):
+                seed: int = 0, normalized: bool = False, device=None):
     """A Faiss inner-product index over the (normalised) gallery rows.
 
     ``flat``: exact. ``hnsw``: graph index (``hnsw_m`` links a node, ``ef_search`` search
     breadth, ``ef_construction`` build breadth: raise it for recall on large galleries, at
     a longer build). ``ivf``: inverted lists over ``nlist`` k-means cells (default ``4 * sqrt(n)``),
     searching ``nprobe`` of them.
+
+    ``device`` (see :func:`resolve_device`): a CUDA device moves a flat or ivf index onto
+    that GPU (``faiss.StandardGpuResources``, ``faiss.index_cpu_to_gpu``); this needs a
+    Faiss built with GPU support, else :class:`~bridge.errors.InvalidParameter` says so
+    (exact search on a GPU without it: :func:`search` with ``kind="flat"`` and a gallery
+    array runs the product in torch). Faiss has no GPU HNSW, so ``kind="hnsw"`` on CUDA
+    is refused. ``None``, ``"cpu"`` and ``"auto"`` without a GPU build a CPU index. A GPU
+    flat index returns Faiss's own float32 scores (the exact re-scoring of
+    :func:`index_search` applies to CPU flat indexes).
     """
     _check_kind(kind)
+    dev = resolve_device(device)
+    if dev is not None and dev.type == "cuda":
+        if kind == "hnsw":
+            raise InvalidParameter(f"kind 'hnsw' cannot run on device {device!r}: Faiss has "
+                                   f"no GPU HNSW index; use kind='ivf' or 'flat' on the GPU, "
+                                   f"or device=None")
+        if not faiss_has_gpu():
+            raise InvalidParameter(f"a {kind} index on device {device!r} needs Faiss with GPU "
+                                   f"support (faiss-gpu), but the installed faiss has none; "
+                                   f"use device=None, or search(..., kind='flat', "
+                                   f"device={str(device)!r}) for exact search with torch")
     g = gallery if normalized else normalize(gallery, "gallery")
     n, d = g.shape
     check_index_options(kind, {"hnsw_m": hnsw_m, "ef_search": ef_search,
@@ -172,15 +259,215 @@ def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int
         index.train(g)
         index.nprobe = int(min(nprobe, cells))
     index.add(g)
+    if dev is not None and dev.type == "cuda":
+        res = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(res, dev.index or 0, index)
+        index.referenced_objects = [res]  # the resources live as long as the index
     return index
 
 
+def order_hits(scores: np.ndarray, rows: np.ndarray):
+    """Search results in the package's order: by score (best first), equal scores by
+    lower gallery row, missing results (row ``-1``) last. Returns ``(scores, rows)``."""
+    key = np.lexsort((rows, -scores.astype(np.float64), rows < 0), axis=-1)
+    return np.take_along_axis(scores, key, -1), np.take_along_axis(rows, key, -1)
+
+
+def index_search(index, queries: np.ndarray, k: int):
+    """Top ``k`` rows of a Faiss index for float32 ``queries``, in :func:`order_hits` order,
+    with ties at the ``k``-th place resolved to the lower rows.
+
+    Faiss keeps ties at the cut in the order its heap meets them, not by row. The index is
+    asked for one row more than ``k``; a query whose ``(k+1)``-th score equals its
+    ``k``-th is asked again, for twice as many rows, until the tie ends inside the list
+    (all queries go again together). So the rows kept are the ``k`` best by (score, lower
+    row).
+
+    A flat (exact) CPU index is scored exactly (:func:`_flat_exact`): its scores are the
+    float64 inner products of the float32 rows, rounded to float32, so they depend on the
+    query and the row only, not on the BLAS blocking or on where the row sits (identical
+    rows tie; a gallery split into shards gives the same rows and scores).
+    """
+    import faiss
+
+    if isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        return _flat_exact(index, queries, k)
+    n = int(index.ntotal)
+    k = int(min(k, n))
+    w = min(k + 1, n)
+    D, I = order_hits(*index.search(queries, w))
+    out_d, out_i = D[:, :k].copy(), I[:, :k].copy()
+
+    def open_tie(D, I):  # the k-th score goes on to the end of the list returned
+        if w == k:
+            return np.zeros(D.shape[0], dtype=bool)
+        return (I[:, w - 1] >= 0) & (D[:, w - 1] == D[:, k - 1])
+
+    cross = open_tie(D, I)
+    while cross.any() and w < n:
+        w = min(n, 2 * w)
+        D, I = order_hits(*index.search(queries, w))
+        out_d[cross], out_i[cross] = D[cross, :k], I[cross, :k]
+        cross &= open_tie(D, I)
+    return out_d, out_i
+
+
+def _flat_exact(index, queries: np.ndarray, k: int):
+    """The exact top ``k`` of a CPU ``IndexFlatIP`` by exact scores (see :func:`index_search`).
+
+    Faiss's float32 search gives ``w`` candidates (``2k``, at least ``k + 8``); they are
+    re-scored exactly (:func:`_pair_dots`) and ordered by (rounded exact score, lower row).
+    A row left out scored at most the ``w``-th float32 score, so its exact score is at most
+    that plus the product's rounding bound ``gamma_d |q| max|g|``: a query whose ``k``-th
+    exact score is above that is settled, the others are asked again for twice as many
+    candidates (all rows at the end).
+    """
+    import faiss
+
+    n, d = int(index.ntotal), int(index.d)
+    k = int(min(k, n))
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    nq = q.shape[0]
+    xb = faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d) if n else np.zeros((0, d),
+                                                                                  np.float32)
+    u = d * 2.0 ** -24
+    gamma = u / (1.0 - u) * 1.01 + 1e-12
+    bound = gamma * _row_norms(q) * _max_norm(xb) + 1e-30
+    out_d = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    todo = np.arange(nq)
+    w = min(n, max(2 * k, k + 8))
+    while todo.size:
+        D, I = index.search(q[todo], w)
+        E, R = _rescored(q, todo, I, lambda idx: xb[idx])
+        out_d[todo], out_i[todo] = E[:, :k], R[:, :k]
+        if w == n:
+            break
+        todo = todo[~_settled(E, D[:, w - 1], bound[todo], k)]
+        w = min(n, 2 * w)
+    return out_d, out_i
+
+
+def _rescored(q, qrows, I, rows_of):
+    """Candidates ``I`` of queries ``q[qrows]`` re-scored exactly (float64 products of the
+    float32 rows, rounded to float32) and put in :func:`order_hits` order."""
+    w = I.shape[1]
+    uniq, inv = np.unique(I, return_inverse=True)
+    ex = _pair_dots(q, np.repeat(qrows, w), rows_of(uniq), inv.reshape(-1)).reshape(-1, w)
+    return order_hits(ex.astype(np.float32), I)
+
+
+def _settled(E, last, bound, k: int) -> np.ndarray:
+    """Whether the ``k``-th exact score is above what any row left out can score: at most
+    the last candidate's product score ``last`` plus the rounding ``bound``."""
+    return E[:, k - 1] > _f32_up(np.asarray(last, dtype=np.float64) + bound)
+
+
+def exact_search(queries, gallery, k: int = 10, *, device="cpu", normalized: bool = False,
+                 block: int = 1024):
+    """Exact top ``k`` gallery rows by cosine with torch products on ``device``:
+    ``(scores, rows)`` as numpy arrays, the same as :func:`search` with ``kind="flat"``.
+
+    The gallery (an array, memory map or row view) streams in blocks, each read and
+    normalised once and kept on the device up to :data:`GALLERY_CACHE_BYTES`; queries go
+    ``block`` at a time. The float32 products (full precision, no TF32) choose ``2k``
+    candidates per query, which are re-scored exactly on the CPU as by
+    :func:`index_search` on a flat index (a query whose candidates might miss a row is
+    searched again with twice as many), so every device returns the same rows and scores,
+    in :func:`order_hits` order.
+    """
+    import torch
+
+    from .chunks import check_chunk_size
+
+    k = check_k(k)
+    block = check_chunk_size(block, "block")
+    dev = resolve_device(device)
+    if dev is None:
+        dev = torch.device("cpu")
+    (nq, _, qblock, _), (ng, dim, gblock, grows) = paired_sources(queries, gallery, normalized)
+    k = int(min(k, ng))
+    b_max = max(1, min(block, nq))
+    gb = max(64, min(ENGINE_CELLS // b_max, ENGINE_CELLS // max(dim, 1)))
+    blocks = _GalleryBlocks(gblock, ng, dim, gb, reuse=nq > b_max, device=dev)
+    u = dim * 2.0 ** -24
+    gamma = u / (1.0 - u) * 1.01 + 1e-12
+    scores = np.empty((nq, k), dtype=np.float32)
+    rows = np.empty((nq, k), dtype=np.int64)
+    with _exact_matmul(dev):
+        for s in range(0, nq, block):
+            e = min(nq, s + block)
+            Q = qblock(s, e)
+            qn = _row_norms(Q)
+            todo = np.arange(e - s)
+            w = min(ng, max(2 * k, k + 8))
+            while todo.size:
+                V, I, gmax = _device_topk(_to_device(Q[todo], dev), blocks, w)
+                E, R = _rescored(Q, todo, I, grows)
+                scores[s + todo], rows[s + todo] = E[:, :k], R[:, :k]
+                if w == ng:
+                    break
+                todo = todo[~_settled(E, V[:, w - 1], gamma * qn[todo] * gmax + 1e-30, k)]
+                w = min(ng, 2 * w)
+    return scores, rows
+
+
+def _device_topk(Qd, blocks, w: int):
+    """The ``w`` best gallery rows of each query of ``Qd`` by the device's float32
+    products: ``(scores, rows)`` as numpy arrays, and the largest gallery row norm bound."""
+    import torch
+
+    V = I = None
+    gmax = 0.0
+    for gs, _, G, gm in blocks:
+        gmax = max(gmax, gm)
+        v, i = _block_topk(Qd @ G.T, w)
+        i = i + gs
+        if V is None:
+            V, I = v, i
+        else:
+            V, I = _merge_ordered(torch.cat([V, v], 1), torch.cat([I, i], 1), w)
+    return V.cpu().numpy(), I.cpu().numpy(), gmax
+
+
+def _block_topk(S, k: int):
+    """The ``k`` best entries of each row of a score tensor by (score, lower column),
+    best first."""
+    import torch
+
+    kk = min(k, S.shape[1])
+    v, i = torch.topk(S, kk, dim=1)
+    # rows whose k-th score is shared beyond the list: order those rows stably instead
+    tied = torch.nonzero((S >= v[:, -1:]).sum(dim=1) > kk).reshape(-1)
+    if tied.numel():
+        sv, si = torch.sort(S[tied], dim=1, descending=True, stable=True)
+        v[tied], i[tied] = sv[:, :kk], si[:, :kk]
+    return _merge_ordered(v, i, kk)
+
+
+def _merge_ordered(V, I, k: int):
+    """Entries of each row ordered by (score desc, row asc), the first ``k`` kept."""
+    import torch
+
+    o = torch.argsort(I, dim=1, stable=True)
+    V, I = V.gather(1, o), I.gather(1, o)
+    o = torch.argsort(V, dim=1, descending=True, stable=True)
+    return V.gather(1, o)[:, :k], I.gather(1, o)[:, :k]
+
+
 def search(queries, gallery_or_index, k: int = 10, kind: str = "flat", *, scoring=None,
-           bank=None, **index_opts):
+           bank=None, device=None, **index_opts):
     """Top ``k`` gallery rows of each query by cosine: ``(scores, rows)``, best first.
 
     ``gallery_or_index`` is an array (an index of ``kind`` is built over it) or an index
     from :func:`build_index`. Missing results (fewer than ``k`` found) have row ``-1``.
+    Equal scores are listed lower row first, and a tie at the ``k``-th place keeps the
+    lower rows (:func:`index_search`), whatever order Faiss met them in.
+
+    ``device`` (see :func:`resolve_device`): with ``kind="flat"`` and a gallery array, a
+    device other than ``None`` runs the exact search as torch products on it
+    (:func:`exact_search`: no Faiss GPU build needed); an ``hnsw``/``ivf`` index is built
+    by :func:`build_index` for that device. A prebuilt index is searched where it lives.
 
     ``scoring`` (``"csls"``, ``"qbnorm"``..., see :mod:`bridge.hubness`) ranks by the
     hubness-corrected score computed with ``bank`` (rows of queries of the same kind, not
@@ -194,28 +481,32 @@ def search(queries, gallery_or_index, k: int = 10, kind: str = "flat", *, scorin
 
     k = check_k(k)
     check_index_options(kind, index_opts)
+    dev = resolve_device(device)
     sc = parse_scoring(scoring)
+    is_array = ((isinstance(gallery_or_index, np.ndarray) or hasattr(gallery_or_index, "shape"))
+                and not hasattr(gallery_or_index, "ntotal"))  # rows, not a Faiss index
     if not sc.is_cosine:
-        if not (isinstance(gallery_or_index, np.ndarray) or hasattr(gallery_or_index, "shape")):
+        if not is_array:
             raise InvalidParameter(f"scoring {str(sc)!r} needs the gallery rows, not a "
                                    f"prebuilt index (the index holds the adjusted rows)")
         from .hubness import adjusted
 
         Qa, Ga, _ = adjusted(queries, gallery_or_index, bank, sc)
-        index = build_index(Ga[:], kind, normalized=True, **index_opts)
-        scores, rows = index.search(Qa[:], int(min(k, index.ntotal)))
-        return scores, rows
+        if kind == "flat" and dev is not None:
+            return exact_search(Qa, Ga, k, device=dev, normalized=True)
+        index = build_index(Ga[:], kind, normalized=True, device=dev, **index_opts)
+        return index_search(index, np.ascontiguousarray(Qa[:], dtype=np.float32), k)
+    if is_array and kind == "flat" and dev is not None:
+        return exact_search(queries, gallery_or_index, k, device=dev)
     q = normalize(queries, "queries")
-    if isinstance(gallery_or_index, np.ndarray) or hasattr(gallery_or_index, "detach"):
-        index = build_index(gallery_or_index, kind, **index_opts)
+    if is_array:
+        index = build_index(gallery_or_index, kind, device=dev, **index_opts)
     else:
         index = gallery_or_index
     if q.shape[1] != index.d:
         raise DimensionMismatch(f"queries have dimension {q.shape[1]} but the index holds "
                                 f"dimension {index.d}")
-    k = int(min(k, index.ntotal))
-    scores, rows = index.search(q, k)
-    return scores, rows
+    return index_search(index, q, k)
 
 
 def as_relevance(relevant, n_queries: int, n_gallery: int) -> list[np.ndarray]:
@@ -314,7 +605,7 @@ def _f32_down(x: np.ndarray) -> np.ndarray:
 
 
 def rank_engine(qblock, gblock, grows, n_q: int, n_g: int, dim: int, indptr, rows,
-                q_block: int, g_block: int | None = None) -> np.ndarray:
+                q_block: int, g_block: int | None = None, device=None) -> np.ndarray:
     """Exact pessimistic ranks of every right row, counted inside the blocked product.
 
     ``qblock(s, e)`` and ``gblock(s, e)`` return float32 query/gallery rows ``s:e`` as they
@@ -326,41 +617,143 @@ def rank_engine(qblock, gblock, grows, n_q: int, n_g: int, dim: int, indptr, row
     as high are counted. A block score more than its rounding bound (``gamma_d |q| |g|``)
     above a right score counts, more than the bound below does not, and the few within
     the bound are recomputed exactly. So the result is the ranking by exact scores with
-    ties counted against the query, whatever the block sizes or the BLAS. Queries with at
-    most :data:`DIRECT_MAX_RELEVANT` right rows are scored in float32 and compared
+    ties counted against the query, whatever the block sizes, the BLAS or the device.
+    Queries with at most :data:`DIRECT_MAX_RELEVANT` right rows are scored in float32 and compared
     directly; with more (class-level relevance) a few queries at a time get full float64
     score rows, sorted once (:func:`_count_rows`). Returns the 1-based ranks in CSR
     order (query i: ``ranks[indptr[i]:indptr[i + 1]]``, best first).
+
+    Each gallery block is read and prepared once: with several query blocks the prepared
+    blocks are kept for the next ones, up to :data:`GALLERY_CACHE_BYTES` (blocks past
+    the budget are read again). ``device`` (a ``torch.device``, see
+    :func:`resolve_device`; ``None``: numpy) is where the block products and the
+    comparisons run; the exact re-scoring stays in float64 on the CPU, so every device
+    gives the same ranks.
     """
     out = np.empty(rows.shape[0], dtype=np.int64)
     many = n_q > 0 and int(np.diff(indptr).max()) > DIRECT_MAX_RELEVANT
     if many:  # full score rows of a few queries at a time
         q_block = max(1, min(q_block, 2 * ENGINE_CELLS // max(n_g, 1)))
-    for s in range(0, n_q, q_block):
-        e = min(n_q, s + q_block)
-        b = e - s
-        Q = qblock(s, e)
-        p0, p1 = int(indptr[s]), int(indptr[e])
-        m = np.diff(indptr[s:e + 1])
-        starts = indptr[s:e] - p0
-        pq = np.repeat(np.arange(b), m)
-        pg = rows[p0:p1]
-        gb = g_block or max(64, min(ENGINE_CELLS // max(b, 1), ENGINE_CELLS // max(dim, 1)))
-        if many:
-            above = _count_rows(Q, pq, pg, m, gblock, grows, n_g, dim, gb)
-        else:
-            above = _count_direct(Q, pq, pg, m, starts, gblock, grows, n_g, dim, gb)
-        # the counts fall as the right score rises: sorted, they list the right rows best
-        # first, and the t-th best has t - 1 right rows ahead of it
-        srt = above[np.lexsort((above, pq))]
-        out[p0:p1] = srt + (np.arange(p1 - p0) - np.repeat(starts, m)) + 1
+    b_max = max(1, min(q_block, n_q))
+    # one gallery block size for every query block, so that prepared blocks are reused
+    gb = g_block or max(64, min(ENGINE_CELLS // b_max, ENGINE_CELLS // max(dim, 1)))
+    blocks = _GalleryBlocks(gblock, n_g, dim, gb, reuse=n_q > b_max, device=device)
+    with _exact_matmul(device):
+        for s in range(0, n_q, q_block):
+            e = min(n_q, s + q_block)
+            b = e - s
+            Q = qblock(s, e)
+            p0, p1 = int(indptr[s]), int(indptr[e])
+            m = np.diff(indptr[s:e + 1])
+            starts = indptr[s:e] - p0
+            pq = np.repeat(np.arange(b), m)
+            pg = rows[p0:p1]
+            if many:
+                above = _count_rows(Q, pq, pg, m, blocks, grows, n_g, dim, device)
+            else:
+                above = _count_direct(Q, pq, pg, m, starts, blocks, grows, dim, device)
+            # the counts fall as the right score rises: sorted, they list the right rows
+            # best first, and the t-th best has t - 1 right rows ahead of it
+            srt = above[np.lexsort((above, pq))]
+            out[p0:p1] = srt + (np.arange(p1 - p0) - np.repeat(starts, m)) + 1
     return out
+
+
+#: bytes of prepared gallery blocks the exact engine keeps between query blocks
+GALLERY_CACHE_BYTES = 1 << 29
+
+
+class _GalleryBlocks:
+    """The gallery in blocks of ``gb`` rows, iterated as ``(start, end, G, gmax)``: ``G``
+    the rows as ``gblock`` gives them (a float32 tensor on ``device`` when one is given),
+    ``gmax`` a bound of their largest norm. With ``reuse`` the blocks are kept, up to
+    :data:`GALLERY_CACHE_BYTES`, so each is read, checked and normalised once."""
+
+    def __init__(self, gblock, n_g: int, dim: int, gb: int, reuse: bool, device=None):
+        self.gblock, self.n_g, self.gb, self.device = gblock, n_g, gb, device
+        self.room = GALLERY_CACHE_BYTES if reuse else 0
+        self.kept: dict[int, tuple] = {}
+        self.row_bytes = 4 * max(dim, 1)
+
+    def _load(self, gs: int, ge: int):
+        G = self.gblock(gs, ge)
+        gmax = _max_norm(G)
+        if self.device is not None:
+            G = _to_device(G, self.device)
+        return G, gmax
+
+    def __iter__(self):
+        for gs in range(0, self.n_g, self.gb):
+            ge = min(self.n_g, gs + self.gb)
+            item = self.kept.get(gs)
+            if item is None:
+                item = self._load(gs, ge)
+                size = (ge - gs) * self.row_bytes
+                if size <= self.room:
+                    self.kept[gs] = item
+                    self.room -= size
+            yield gs, ge, item[0], item[1]
+
+
+def _to_device(x: np.ndarray, device):
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t if device.type == "cpu" else t.to(device)
+
+
+def _host_rows(G, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of a block (numpy, or a tensor on a device) as a numpy array."""
+    if isinstance(G, np.ndarray):
+        return G[idx]
+    import torch
+
+    return G[torch.from_numpy(idx).to(G.device)].cpu().numpy()
+
+
+class _exact_matmul:
+    """Within: torch float32 products at full float32 precision (no TF32 or reduced
+    precision), which the rounding bound of the exact engine assumes."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device is None:
+            return self
+        import torch
+
+        self.prec = torch.get_float32_matmul_precision()
+        self.tf32 = torch.backends.cuda.matmul.allow_tf32
+        self.cudnn = torch.backends.cudnn.allow_tf32
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        self.grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        return self
+
+    def __exit__(self, *exc):
+        if self.device is not None:
+            import torch
+
+            torch.set_float32_matmul_precision(self.prec)
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.cudnn
+            torch.set_grad_enabled(self.grad)
+        return False
 
 
 def _mask_right(S, pq, pg, by_g, g_sorted, gs, ge):
     k0, k1 = np.searchsorted(g_sorted, [gs, ge])
     sel = by_g[k0:k1]
-    S[pq[sel], pg[sel] - gs] = -np.inf  # right rows are not counted against
+    if isinstance(S, np.ndarray):
+        S[pq[sel], pg[sel] - gs] = -np.inf  # right rows are not counted against
+    elif sel.size:
+        import torch
+
+        S[torch.from_numpy(pq[sel]).to(S.device),
+          torch.from_numpy(pg[sel] - gs).to(S.device)] = float("-inf")
 
 
 def _row_norms(X: np.ndarray) -> np.ndarray:
@@ -383,8 +776,9 @@ def _row_counts(A: np.ndarray) -> np.ndarray:
     return A.view(np.uint8).sum(axis=1, dtype=dt).astype(np.int64)
 
 
-def _count_direct(Q, pq, pg, m, starts, gblock, grows, n_g, dim, gb):
-    """Wrong rows scoring >= each right row, for queries with few right rows (float32)."""
+def _count_direct(Q, pq, pg, m, starts, blocks, grows, dim, device=None):
+    """Wrong rows scoring >= each right row, for queries with few right rows (float32
+    block products on ``device``, exact float64 re-scoring of the near ones)."""
     u = dim * 2.0 ** -24
     gamma = u / (1.0 - u) * 1.01 + 1e-12
     b, M = Q.shape[0], pq.shape[0]
@@ -401,35 +795,69 @@ def _count_direct(Q, pq, pg, m, starts, gblock, grows, n_g, dim, gb):
     by_g = np.argsort(pg, kind="stable")
     g_sorted = pg[by_g]
     above = np.zeros(M, dtype=np.int64)
-    for gs in range(0, n_g, gb):
-        ge = min(n_g, gs + gb)
-        G = gblock(gs, ge)
-        S = Q @ G.T
-        delta = gamma * qn * (_max_norm(G) + gmax_r) + 1e-300
-        _mask_right(S, pq, pg, by_g, g_sorted, gs, ge)
+    Qd = None if device is None else _to_device(Q, device)
+    for gs, ge, G, gmax in blocks:
+        delta = gamma * qn * (gmax + gmax_r) + 1e-300
         HI, LO = _f32_up(E + delta[:, None]), _f32_down(E - delta[:, None])
-        for t in range(mmax):
-            A = S > HI[:, t:t + 1]
-            above_t = _row_counts(A)
-            B = S >= LO[:, t:t + 1]
-            near = np.flatnonzero(_row_counts(B) > above_t)
-            if near.size:  # scores within the rounding bound: recompute them exactly
-                ii, jj = np.nonzero(B[near] & ~A[near])
-                ii = near[ii]
-                hit = _pair_dots(Q, ii, G, jj) >= E[ii, t]
-                above_t += np.bincount(ii[hit], minlength=b)
+        if device is None:
+            S = Q @ G.T
+            _mask_right(S, pq, pg, by_g, g_sorted, gs, ge)
+            counts = _counts_numpy(S, HI, LO, mmax)
+        else:
+            S = Qd @ G.T
+            _mask_right(S, pq, pg, by_g, g_sorted, gs, ge)
+            counts = _counts_torch(S, _to_device(HI, device), _to_device(LO, device), mmax)
+        for t, (above_t, ii, jj) in enumerate(counts):
+            if ii.size:  # scores within the rounding bound: recompute them exactly
+                uj, ij = np.unique(jj, return_inverse=True)
+                hit = _pair_dots(Q, ii, _host_rows(G, uj), ij.reshape(-1)) >= E[ii, t]
+                above_t = above_t + np.bincount(ii[hit], minlength=b)
             has = np.flatnonzero(m > t)
             above[starts[has] + t] += above_t[has]
     return above
 
 
-def _count_rows(Q, pq, pg, m, gblock, grows, n_g, dim, gb):
+def _counts_numpy(S, HI, LO, mmax):
+    """Per right-row column ``t``: wrong rows of the block surely above it (per query),
+    and the (query, row) pairs within the rounding bound, to be re-scored exactly."""
+    for t in range(mmax):
+        A = S > HI[:, t:t + 1]
+        above_t = _row_counts(A)
+        B = S >= LO[:, t:t + 1]
+        near = np.flatnonzero(_row_counts(B) > above_t)
+        if near.size:
+            ii, jj = np.nonzero(B[near] & ~A[near])
+            yield above_t, near[ii], jj
+        else:
+            yield above_t, near, near
+
+
+def _counts_torch(S, HI, LO, mmax):
+    """:func:`_counts_numpy` on torch tensors (the same float32 comparisons)."""
+    import torch
+
+    for t in range(mmax):
+        A = S > HI[:, t:t + 1]
+        above_t = A.sum(dim=1)
+        B = S >= LO[:, t:t + 1]
+        near = torch.nonzero(B.sum(dim=1) > above_t).reshape(-1)
+        above_np = above_t.cpu().numpy().astype(np.int64)
+        if near.numel():
+            ii, jj = torch.nonzero(B[near] & ~A[near], as_tuple=True)
+            yield above_np, near[ii].cpu().numpy(), jj.cpu().numpy()
+        else:
+            empty = np.zeros(0, dtype=np.int64)
+            yield above_np, empty, empty
+
+
+def _count_rows(Q, pq, pg, m, blocks, grows, n_g, dim, device=None):
     """Wrong rows scoring >= each right row, for queries with many right rows.
 
     The query block is small enough for its full score rows (float64) to fit
     :data:`ENGINE_CELLS`; each row is sorted once and every right score is located in it by
     one vectorised ``searchsorted`` (rows shifted apart by a constant; the rounding of the
-    shift is monotone, so it can only move a score into the exact-recheck band).
+    shift is monotone, so it can only move a score into the exact-recheck band). The
+    float64 block products run on ``device`` when one is given.
     """
     u = dim * 2.0 ** -53
     gamma = u / (1.0 - u) * 1.01 + 1e-300
@@ -437,12 +865,13 @@ def _count_rows(Q, pq, pg, m, gblock, grows, n_g, dim, gb):
     Q64 = Q.astype(np.float64)
     S = np.empty((b, n_g))
     gmax = 0.0
-    for gs in range(0, n_g, gb):
-        ge = min(n_g, gs + gb)
-        G = gblock(gs, ge)
-        gmax = max(gmax, _max_norm(G))
-        S[:, gs:ge] = Q64 @ G.astype(np.float64).T
-        del G
+    Qd = None if device is None else _to_device(Q64, device)
+    for gs, ge, G, gm in blocks:
+        gmax = max(gmax, gm)
+        if device is None:
+            S[:, gs:ge] = Q64 @ G.astype(np.float64).T
+        else:
+            S[:, gs:ge] = (Qd @ G.double().T).cpu().numpy()
     qn = _row_norms(Q)
     big = float(qn.max()) * gmax * 1.01 + 1.0
     delta = 2.0 * gamma * qn * gmax + 1e-300      # both scores of a comparison are rounded
@@ -487,13 +916,22 @@ def row_source(x, name: str, normalized: bool):
     from .chunks import check_finite_rows, check_header, read_rows
 
     x = check_header(x, name)
+    # the array whose memory a read may alias (a slice of an in-memory array is a view);
+    # None where that cannot be known, and then every read is copied before scaling
+    held = x if isinstance(x, np.ndarray) else getattr(x, "array", None)
+    if not isinstance(held, np.ndarray):
+        held = None
 
     def prep(raw, offset):
         raw = np.asarray(raw)
         x32 = np.ascontiguousarray(raw, dtype=np.float32)
         # float16/float32 keep NaN/inf through the cast (checked in float32, fast)
         check_finite_rows(raw if raw.dtype.itemsize > 4 else x32, name, offset)
-        return x32 if normalized else l2_normalize(x32, check=False)
+        if normalized:
+            return x32
+        # a cast or a copied read (memory map, index array) is ours to scale in place
+        owned = x32 is not raw or (held is not None and not np.may_share_memory(x32, held))
+        return l2_normalize(x32, check=False, copy=not owned)
 
     def block(s, e):
         return prep(read_rows(x, slice(s, e)), s)
@@ -516,7 +954,7 @@ def paired_sources(queries, gallery, normalized: bool):
 
 
 def _ranks_csr(queries, gallery, relevant=None, block: int = 1024, normalized: bool = False,
-               gallery_block: int | None = None):
+               gallery_block: int | None = None, device=None):
     from .chunks import check_chunk_size
 
     block = check_chunk_size(block, "block")
@@ -525,13 +963,14 @@ def _ranks_csr(queries, gallery, relevant=None, block: int = 1024, normalized: b
     if nq and np.any(np.diff(indptr) == 0):
         i = int(np.flatnonzero(np.diff(indptr) == 0)[0])
         raise EmptyData(f"query {i} has no relevant gallery row")
-    ranks = rank_engine(qblock, gblock, grows, nq, ng, dq, indptr, rows, block, gallery_block)
+    ranks = rank_engine(qblock, gblock, grows, nq, ng, dq, indptr, rows, block, gallery_block,
+                        device=resolve_device(device))
     return indptr, ranks, ng
 
 
 def ranks_of_relevant(queries, gallery, relevant=None, block: int = 1024,
-                      normalized: bool = False, *, gallery_block: int | None = None
-                      ) -> list[np.ndarray]:
+                      normalized: bool = False, *, gallery_block: int | None = None,
+                      device=None) -> list[np.ndarray]:
     """Exact 1-based ranks of every right gallery row, per query, best first.
 
     Counted inside the blocked product (see :func:`rank_engine`): queries go ``block`` at
@@ -539,8 +978,11 @@ def ranks_of_relevant(queries, gallery, relevant=None, block: int = 1024,
     default: about two million scores a block), so working memory does not depend on the
     gallery size, and a memory-mapped (float16) gallery is read once per query block.
     A wrong row that scores the same as a right one counts as ranked above it.
+    ``device`` (:func:`resolve_device`) runs the block products on a torch device; the
+    ranks are the same on every device.
     """
-    indptr, ranks, _ = _ranks_csr(queries, gallery, relevant, block, normalized, gallery_block)
+    indptr, ranks, _ = _ranks_csr(queries, gallery, relevant, block, normalized, gallery_block,
+                                  device)
     return np.split(ranks, indptr[1:-1])
 
 
@@ -657,7 +1099,7 @@ def metrics_from_ranks(ranks: list[np.ndarray], ks=(1, 5, 10)) -> dict:
 
 def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str = "flat",
                       depth: int | None = None, block: int = 1024, *, scoring=None, bank=None,
-                      **index_opts) -> dict:
+                      device=None, **index_opts) -> dict:
     """Retrieve gallery rows for each query and score the ranking (see the module doc).
 
     ``kind="flat"`` ranks exactly; ``"hnsw"``/``"ivf"`` search the top ``depth`` rows
@@ -673,6 +1115,10 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
     hnsw/ivf index the augmented gallery rows, so their candidates are chosen by the
     adjusted score itself (the bank statistics are exact either way). The result then also
     holds ``scoring`` and ``n_bank``. With cosine ``bank`` is ignored.
+
+    ``device`` (:func:`resolve_device`): the flat path's block products run in torch on
+    that device (the ranks do not depend on it); hnsw/ivf indexes are built for it by
+    :func:`build_index`.
     """
     from .hubness import parse_scoring
 
@@ -684,6 +1130,7 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
                                f"got {depth}")
     block = check_k(block, "block")
     ks = tuple(int(k) for k in ks)
+    dev = resolve_device(device)
     sc = parse_scoring(scoring)
     extra = {}
     normalized = False
@@ -696,7 +1143,7 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
     if kind == "flat":
         # exact ranks counted while the gallery streams: no normalised copy of either side
         indptr, ranks, n_gallery = _ranks_csr(queries, gallery, relevant, block=block,
-                                              normalized=normalized)
+                                              normalized=normalized, device=dev)
         m = metrics_from_csr(indptr, ranks, ks)
         m.update({"n_gallery": int(n_gallery), "index": kind, **extra})
         return m
@@ -710,9 +1157,9 @@ def retrieval_metrics(queries, gallery, relevant=None, ks=(1, 5, 10), kind: str 
         raise DimensionMismatch(f"queries have dimension {q.shape[1]} but the gallery has "
                                 f"dimension {g.shape[1]}")
     rel = as_relevance(relevant, q.shape[0], g.shape[0])
-    index = build_index(g, kind, normalized=True, **index_opts)
+    index = build_index(g, kind, normalized=True, device=dev, **index_opts)
     if normalized:
-        scores, rows = index.search(q, int(min(depth or max(100, max(ks)), index.ntotal)))
+        scores, rows = index_search(index, q, depth or max(100, max(ks)))
     else:
         scores, rows = search(q, index, k=depth or max(100, max(ks)))
     ranks = ranks_from_lists(rows, rel, scores)
