@@ -5,6 +5,8 @@
     bridge graph show graphs/m30k
     bridge route graphs/m30k text:de@e5 text:en@minilm --k 3
     bridge route graphs/m30k text:de@e5 text:en@minilm --weight val_R@1
+    bridge calibrate graphs/m30k
+    bridge route graphs/m30k text:de@e5 text:en@minilm --gallery 10000
     bridge eval graphs/m30k text:de@e5 text:en@minilm
     bridge eval graphs/m30k text:de@e5 text:en@minilm --json r.json --csv r.csv --markdown r.md
     bridge eval graphs/m30k text:de@e5 --fuse text:en@e5,text:en@minilm
@@ -183,7 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
                          "route), 'hops' (fewest edges), or an edge metric such as val_R@1, "
                          "val_R@1_lcb, test_R@1 or val_cos, maximised as the product of its "
                          "values over the route's hops (each edge weighs -ln max(value, 0.001))")
+    pr.add_argument("--gallery", type=_int_range(2), default=None, metavar="N",
+                    help="on a calibrated graph: predict R@1 among N gallery rows (default: the "
+                         "pair's test gallery)")
     pr.add_argument("--allow-external", action="store_true",
+                    help="read caches that the graph references outside its folder "
+                         "(written for caches read in place); refused by default")
+
+    # calibrate
+    pc = sub.add_parser("calibrate", help="fit the route model of a saved graph on its "
+                                          "validation routes",
+                        description="Scores validation routes of a saved graph (every ordered "
+                                    "node pair with val pairs: the K cheapest routes up to "
+                                    "--max-hops, and every edge) and fits the model that "
+                                    "predicts a route's R@1 (bridge.calibration); writes it to "
+                                    "GRAPH/calibration.json. From then on `bridge route` "
+                                    "prints each route's predicted R@1 and picks the best.")
+    pc.add_argument("graph", help="saved graph folder")
+    pc.add_argument("--k", type=_int_range(1, MAX_ROUTES), default=3,
+                    help="validation routes per node pair (default 3)")
+    pc.add_argument("--max-hops", type=_int_range(1, 64), default=4,
+                    help="longest validation route (default 4 hops)")
+    pc.add_argument("--allow-external", action="store_true",
                     help="read caches that the graph references outside its folder "
                          "(written for caches read in place); refused by default")
 
@@ -265,6 +288,8 @@ def _dispatch(args, parser) -> int:
         return _graph_build(args) if args.graph_command == "build" else _graph_show(args)
     if args.command == "route":
         return _route(args)
+    if args.command == "calibrate":
+        return _calibrate(args)
     if args.command == "eval":
         return _eval(args, parser)
     if args.command == "plot":
@@ -656,23 +681,56 @@ def _route(args) -> int:
     g = _load(args.graph, args, load_caches=False)
     _check_nodes(g, [args.src, args.dst], "route")
     weight = _route_weight(g, args.weight)
-    routes = g.route(args.src, args.dst, k=args.k, weight=weight)
+    routes = g.route(args.src, args.dst, k=args.k, weight=weight, gallery=args.gallery)
     routes = routes if isinstance(routes, list) else [routes]
     for i, r in enumerate(routes, 1):
         path = " -> ".join(r.nodes)
         hops = f"{r.hops} hop{'s' if r.hops != 1 else ''}"
+        pred = ""
+        if r.predicted_r1 is not None:
+            lo, hi = r.interval
+            pred = (f", predicted R@1 {r.predicted_r1:.3f} ± {r.predicted_sd:.3f} "
+                    f"[{lo:.3f}, {hi:.3f}] at gallery {r.gallery}")
+            if r.stale_edges:
+                pred += f"; not calibrated: {', '.join(r.stale_edges)}"
         if args.weight == "cost":
-            print(f"{i}. {path}  (cost {r.cost:.4f}, {hops})")
+            print(f"{i}. {path}  (cost {r.cost:.4f}, {hops}{pred})")
         elif args.weight == "hops":
-            print(f"{i}. {path}  ({hops}, cost {_planner_cost(g, r):.4f})")
+            print(f"{i}. {path}  ({hops}, cost {_planner_cost(g, r):.4f}{pred})")
         else:
             import math
 
             print(f"{i}. {path}  ({args.weight} product {math.exp(-r.cost):.4f}, {hops}, "
-                  f"cost {_planner_cost(g, r):.4f})")
+                  f"cost {_planner_cost(g, r):.4f}{pred})")
+    if g.calibration is not None and args.weight == "cost":
+        print("(calibrated: ranked by predicted R@1, cost = -ln predicted R@1; ± one sd, "
+              "[95% interval])")
+    elif args.gallery is not None:
+        print(f"(the graph is not calibrated: no R@1 prediction; run `bridge calibrate "
+              f"{args.graph}`)")
     if len(routes) < args.k:
         print(f"only {len(routes)} route{'s' if len(routes) != 1 else ''} from {args.src} "
               f"to {args.dst} (asked for --k {args.k})")
+    return 0
+
+
+def _calibrate(args) -> int:
+    from .graph_io import save_calibration
+
+    g = _load(args.graph, args)
+    cal = g.calibrate(k=args.k, max_hops=args.max_hops)
+    path = save_calibration(g, args.graph)
+    s = cal.summary()
+    print(f"calibrated on {s['n_routes']} validation routes ({s['n_multi_hop']} with more "
+          f"than one hop); weights: " + ", ".join(f"{k} {v:.4f}" for k, v in s["weights"].items())
+          + f"; gallery exponent {s['gamma']:.3f}")
+    if s["cv_mae"] is not None:
+        print(f"cross-validated error of multi-hop routes (grouped by node pair): MAE "
+              f"{s['cv_mae']:.4f}, RMSE {s['cv_rmse']:.4f}")
+    else:
+        print("too few node pairs with multi-hop routes to cross-validate: the weights stay "
+              "near the edge-cost planner's")
+    print(f"wrote {path}")
     return 0
 
 

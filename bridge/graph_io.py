@@ -3,7 +3,9 @@
 A saved graph is a folder: ``manifest.json`` (nodes, edges, metrics, cache references,
 the graph's settings and the package version) and ``edges/NNN/{config.json,
 model.safetensors}`` per edge (plus ``pairs.json``, its pair table, for an edge trained
-from one); caches held only in memory are copied to ``caches/NNN.safetensors``. A reference to a
+from one); caches held only in memory are copied to ``caches/NNN.safetensors``; a
+calibrated graph (:meth:`~bridge.graph.ModalityGraph.calibrate`) also holds
+``calibration.json``, its route model, read back whenever the file is there. A reference to a
 Parquet/Arrow/Feather file or a ``datasets`` folder also stores its ``format`` and the
 ``columns`` it was read from (``{"embedding_column": "vec", "id_column": "clip",
 "groups_column": "speaker"}``), and loading reads those columns again. Nothing is
@@ -28,7 +30,8 @@ import numpy as np
 from .errors import BridgeError, CorruptFile, ExternalReference
 from .files import atomic_dir, dumps_json, read_json, recover, resolve_inside, write_json
 
-__all__ = ["save_graph", "load_graph", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_graph", "load_graph", "save_calibration", "FORMAT", "FORMAT_VERSION",
+           "CALIBRATION_FILE"]
 
 FORMAT = "modality-bridge-graph"
 FORMAT_VERSION = 1
@@ -36,6 +39,9 @@ FORMAT_VERSION = 1
 _SPLIT_KEYS = ("train", "val", "test")
 
 PAIRS_FORMAT = "modality-bridge-pairs"
+
+#: the route model of a calibrated graph, beside ``manifest.json``
+CALIBRATION_FILE = "calibration.json"
 
 
 def _node_attrs(d: dict) -> dict:
@@ -106,7 +112,30 @@ def save_graph(graph, path, caches: str = "auto", overwrite: bool = False) -> Pa
                     "seed": graph.seed, "splits": graph.splits, "settings": settings,
                     "nodes": nodes, "edges": edges}
         (tmp / "manifest.json").write_text(dumps_json(manifest))
+        cal = getattr(graph, "calibration", None)
+        if cal is not None:
+            (tmp / CALIBRATION_FILE).write_text(dumps_json(cal.to_json()))
     return path
+
+
+def save_calibration(graph, path) -> Path:
+    """Write ``graph``'s calibration into the saved graph folder ``path`` (atomically, as
+    ``calibration.json``), beside a graph saved before it was calibrated. The folder must
+    hold a saved graph with the same nodes."""
+    from .errors import InvalidParameter
+
+    path = Path(path)
+    cal = getattr(graph, "calibration", None)
+    if cal is None:
+        raise InvalidParameter("the graph is not calibrated: call graph.calibrate() first")
+    m = read_json(path / "manifest.json", "graph manifest")
+    names = {nd.get("name") for nd in m.get("nodes", []) if isinstance(nd, dict)} \
+        if isinstance(m, dict) and isinstance(m.get("nodes"), list) else set()
+    missing = sorted(set(graph.nodes) - names)
+    if missing:
+        raise InvalidParameter(f"{path} does not hold this graph: node {missing[0]!r} is not "
+                               "among its nodes")
+    return write_json(path / CALIBRATION_FILE, cal.to_json())
 
 
 def _pairs_json(info: dict) -> dict:
@@ -530,7 +559,19 @@ def _load_once(path: Path, load_caches: bool, allow_external: bool):
             _check_pair_ids(info["path"], info, g, ed["src"], ed["dst"])
             g.G.edges[ed["src"], ed["dst"]]["pair_table"] = {"table": info["table"],
                                                              "groups": info["groups"]}
+    g.calibration = _read_calibration(root, names)
     return g
+
+
+def _read_calibration(root: Path, names):
+    """The validated ``calibration.json`` of a graph folder, or None when there is none."""
+    from .calibration import Calibration
+
+    p = root / CALIBRATION_FILE
+    if not (p.exists() or p.is_symlink()):
+        return None
+    p = resolve_inside(root, CALIBRATION_FILE, f"{CALIBRATION_FILE}")
+    return Calibration.from_json(read_json(p, "graph calibration"), where=str(p), nodes=names)
 
 
 def _external(root: Path, ref: str, field: str, allow: bool) -> Path:

@@ -94,11 +94,32 @@ def edge_cost(metrics: dict, key: str = "val_R@1", hop_cost: float = HOP_COST,
 
 @dataclass(frozen=True)
 class Route:
-    """A path through the graph: its nodes, and its predicted cost (sum of edge costs)."""
+    """A path through the graph: its nodes, and its predicted cost (sum of edge costs).
+
+    On a calibrated graph (:meth:`~bridge.graph.ModalityGraph.calibrate`) a route also
+    carries ``predicted_r1``, the R@1 it is predicted to reach among ``gallery`` rows, with
+    its standard deviation ``predicted_sd`` (:attr:`interval`: the 95% predictive
+    interval), ``calibrated=True`` and ``stale_edges``, the edges on it that the
+    calibration did not measure as they are now (their own val metrics stand in). An
+    uncalibrated route has ``calibrated=False`` and no prediction.
+    """
 
     nodes: tuple[str, ...]
     cost: float
     edge_costs: tuple[float, ...] = field(default=())
+    predicted_r1: float | None = None
+    predicted_sd: float | None = None
+    gallery: int | None = None
+    calibrated: bool = False
+    stale_edges: tuple[str, ...] = field(default=())
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The 95% predictive interval of R@1 (None when uncalibrated)."""
+        if self.predicted_r1 is None or self.predicted_sd is None:
+            return None
+        half = 1.96 * self.predicted_sd
+        return (max(0.0, self.predicted_r1 - half), min(1.0, self.predicted_r1 + half))
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -117,10 +138,20 @@ class Route:
         return self.nodes[-1]
 
     def __str__(self) -> str:
-        return " -> ".join(self.nodes) + f"  (cost {self.cost:.4f})"
+        text = " -> ".join(self.nodes) + f"  (cost {self.cost:.4f}"
+        if self.predicted_r1 is not None:
+            text += (f", predicted R@1 {self.predicted_r1:.3f} ± {self.predicted_sd:.3f}"
+                     f" at gallery {self.gallery}")
+        return text + ")"
 
     def to_dict(self) -> dict:
-        return {"nodes": list(self.nodes), "cost": self.cost, "edge_costs": list(self.edge_costs)}
+        out = {"nodes": list(self.nodes), "cost": self.cost, "edge_costs": list(self.edge_costs),
+               "calibrated": self.calibrated}
+        if self.calibrated:
+            out.update({"predicted_R@1": self.predicted_r1, "predicted_sd": self.predicted_sd,
+                        "interval": None if self.interval is None else list(self.interval),
+                        "gallery": self.gallery, "stale_edges": list(self.stale_edges)})
+        return out
 
 
 def _weight_fn(G, weight) -> Callable:

@@ -11,12 +11,14 @@ atomically.
 - :func:`plot_gap_bars` -- gap metrics per node pair (rows of :func:`bridge.gap.gap_table`);
 - :func:`plot_hops` -- reconstruction loss ``1 - cos`` against the number of hops;
 - :func:`plot_r1_heatmap` -- node-by-node R@1;
+- :func:`plot_prediction_scatter` -- predicted against measured route R@1;
 - :func:`plot_graph` -- the modality graph, edges coloured by measured quality.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,6 +35,7 @@ __all__ = [
     "plot_gap_bars",
     "plot_hops",
     "plot_r1_heatmap",
+    "plot_prediction_scatter",
     "plot_graph",
     "save_figure",
 ]
@@ -564,6 +567,75 @@ def plot_r1_heatmap(
             dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
             ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=fs,
                     color="white" if dark else "black")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_prediction_scatter(
+    predicted,
+    measured,
+    sd=None,
+    hops=None,
+    baseline=None,
+    ax=None,
+    title: str | None = "predicted vs measured R@1",
+    label: str = "calibrated",
+    baseline_label: str = "uncalibrated exp(-cost)",
+):
+    """Predicted against measured R@1, one point per route, with the diagonal.
+
+    ``sd`` draws each prediction's ±1.96 sd bar (its 95% interval); ``hops`` colours the
+    points by the number of hops; ``baseline`` (another prediction of the same routes, such
+    as the uncalibrated planner's ``exp(-cost)``) is drawn as grey crosses. The legend
+    carries each prediction's mean absolute error. Returns the axes.
+    """
+    p = np.asarray(predicted, dtype=np.float64).reshape(-1)
+    m = np.asarray(measured, dtype=np.float64).reshape(-1)
+    if p.shape != m.shape:
+        raise DimensionMismatch(f"plot_prediction_scatter: {p.size} predictions for "
+                                f"{m.size} measurements; expected one of each per route")
+    if p.size == 0:
+        raise EmptyData("plot_prediction_scatter: expected at least one route")
+    extra = {"sd": sd, "hops": hops, "baseline": baseline}
+    arrays = {}
+    for name, v in extra.items():
+        if v is None:
+            continue
+        a = np.asarray(v, dtype=np.float64).reshape(-1)
+        if a.shape != p.shape:
+            raise DimensionMismatch(f"plot_prediction_scatter: {name} has {a.size} values for "
+                                    f"{p.size} routes")
+        arrays[name] = a
+    ax = _new_ax(ax, (5.5, 5.2))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", zorder=0)
+    if "baseline" in arrays:
+        b = arrays["baseline"]
+        ax.scatter(b, m, marker="x", s=18, color="0.55", zorder=1,
+                   label=f"{baseline_label} (MAE {np.mean(np.abs(b - m)):.3f})")
+    if "sd" in arrays:
+        ax.errorbar(p, m, xerr=1.96 * arrays["sd"], fmt="none", ecolor="0.75", elinewidth=0.8,
+                    zorder=2)
+    mae = np.mean(np.abs(p - m))
+    if "hops" in arrays:
+        hs = arrays["hops"].astype(int)
+        levels = sorted(set(hs.tolist()))
+        colors = _palette(max(len(levels), 1))
+        for c, h in zip(colors, levels):
+            sel = hs == h
+            ax.scatter(p[sel], m[sel], s=22, color=c, zorder=3,
+                       label=f"{label}, {h} hop{'s' if h != 1 else ''}")
+        ax.plot([], [], " ", label=f"{label} MAE {mae:.3f}")
+    else:
+        ax.scatter(p, m, s=22, zorder=3, label=f"{label} (MAE {mae:.3f})")
+    seen = np.concatenate([p, m] + ([arrays["baseline"]] if "baseline" in arrays else []))
+    lo = max(0.0, math.floor((float(np.nanmin(seen)) - 0.02) * 10) / 10)
+    ax.set_xlim(lo - 0.02, 1.02)
+    ax.set_ylim(lo - 0.02, 1.02)
+    ax.set_aspect("equal")
+    ax.set_xlabel("predicted R@1")
+    ax.set_ylabel("measured R@1")
+    ax.legend(fontsize=8, loc="upper left")
     if title:
         ax.set_title(title)
     return ax
