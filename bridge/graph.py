@@ -40,6 +40,7 @@ from .errors import (
     SmallSampleWarning,
     UnknownNode,
 )
+from .chunks import release_rows
 from .retrieval import l2_normalize
 from .params import check_bool
 from .planner import Route, edge_cost, k_best_routes, route_cost, wilson_lower_bound
@@ -163,6 +164,8 @@ class ModalityGraph:
         self.min_val = _as_int("min_val", min_val, 1)
         self.warn_val = _as_int("warn_val", warn_val, 0)
         self._stats: dict[str, dict] = {}  # node name -> node_stats(), computed on demand
+        #: the fitted route model (:meth:`calibrate`), None while uncalibrated
+        self.calibration = None
 
     def settings(self) -> dict:
         """Every setting of the graph, as the keyword arguments of :class:`ModalityGraph`
@@ -181,6 +184,7 @@ class ModalityGraph:
         g = ModalityGraph(**s)
         g.G = self.G.copy()
         g._stats = dict(self._stats)
+        g.calibration = self.calibration
         return g
 
     # ------------------------------------------------------------------ nodes
@@ -301,8 +305,11 @@ class ModalityGraph:
         if splits is None:
             return split_groups(groups, self.fractions, self.seed)
         if splits == "prefix":
-            pre = np.array([g.split(":", 1)[0] for g in groups])
-            return {k: np.flatnonzero(pre == k) for k in ("train", "val", "test")}
+            names = ("train", "val", "test")
+            code = {k: i for i, k in enumerate(names)}  # one small int a group, no new strings
+            pre = np.fromiter((code.get(str(g).partition(":")[0], len(names)) for g in groups),
+                              np.int8, len(groups))
+            return {k: np.flatnonzero(pre == i) for i, k in enumerate(names)}
         out = {}
         for key in ("train", "val", "test"):
             wanted = set(map(str, splits.get(key, ())))
@@ -535,9 +542,11 @@ class ModalityGraph:
         word of its digit, that word paired (by id) with the German word, gives the clip and
         the German word. Groups and split rule are those of the first hop that stores a pair
         table (else the first hop), so a composed test pair is a test pair of that edge.
-        None when no route joins the nodes or nothing chains through."""
+        None when no route joins the nodes or nothing chains through. The route is the
+        cheapest by edge cost whether or not the graph is calibrated, so the held-out pairs
+        of two nodes do not depend on the route model."""
         try:
-            nodes = self.route(a, b).nodes
+            nodes = k_best_routes(self.G, a, b, k=1)[0].nodes
         except NoRoute:
             return None
         hops = [self.edge_pairs(u, v) for u, v in zip(nodes, nodes[1:])]
@@ -574,17 +583,71 @@ class ModalityGraph:
         return self.edge(a, b)["translator"]
 
     # ------------------------------------------------------------------ routes
-    def route(self, src: str, dst: str, k: int = 1, weight="cost"):
-        """The cheapest route (``k=1``), or a list of the ``k`` cheapest, cheapest first."""
-        routes = k_best_routes(self.G, src, dst, k=k, weight=weight)
+    def calibrate(self, k: int = 3, max_hops: int = 4, **options):
+        """Fit the route model on this graph's validation routes and keep it
+        (:func:`bridge.calibration.calibrate`; ``options``: ``features``, ``lambdas``,
+        ``nodes``, ``shift_rows``, ``log``). From then on :meth:`route` predicts every
+        route's R@1 and, with the default ``weight="cost"``, picks the route predicted
+        best. The calibration is saved with the graph. Returns the
+        :class:`~bridge.calibration.Calibration`."""
+        from .calibration import calibrate
+
+        self.calibration = calibrate(self, k=k, max_hops=max_hops, **options)
+        return self.calibration
+
+    def uncalibrate(self) -> None:
+        """Drop the route model: the planner goes back to the edge costs."""
+        self.calibration = None
+
+    def synchronize(self, method: str = "universe", **options) -> "ModalityGraph":
+        """A new graph whose edges agree around cycles (:func:`bridge.sync.synchronize`);
+        this graph is left as it is."""
+        from .sync import synchronize
+
+        return synchronize(self, method, **options)
+
+    def route(self, src: str, dst: str, k: int = 1, weight="cost", gallery: int | None = None):
+        """The best route (``k=1``), or a list of the ``k`` best, best first.
+
+        Uncalibrated, the best route is the cheapest by ``weight`` (an edge attribute
+        name, default the edge ``cost``, or a function ``f(u, v, data)``), and routes say
+        ``calibrated=False``. Calibrated (:meth:`calibrate`), every route carries its
+        predicted R@1 and standard deviation for ``gallery`` rows (default: the pair's
+        test gallery, see :meth:`bridge.calibration.Calibration.default_gallery`), and
+        with ``weight="cost"`` routes are ranked by predicted R@1, their cost being
+        ``-ln`` of it; another ``weight`` still ranks by that weight.
+        """
+        from .calibration import check_gallery
+
+        gallery = check_gallery(gallery)
+        cal = self.calibration
+        if cal is not None and isinstance(weight, str) and weight == "cost":
+            self._check_node(src, dst)
+            routes = cal.plan(self, src, dst, k=k, gallery=gallery)
+        else:
+            routes = k_best_routes(self.G, src, dst, k=k, weight=weight)
+            if cal is not None:
+                routes = [cal.annotate(self, r, gallery) for r in routes]
         return routes[0] if k == 1 else routes
 
     def all_routes(self, sources=None, weight="cost") -> dict:
-        """The cheapest route of every reachable ordered node pair, ``{(src, dst): Route}``
-        (:func:`bridge.planner.all_best_routes`: one Dijkstra per source node)."""
+        """The best route of every reachable ordered node pair, ``{(src, dst): Route}``
+        (uncalibrated: :func:`bridge.planner.all_best_routes`, one Dijkstra per source
+        node; calibrated with ``weight="cost"``: :meth:`route` for every pair)."""
         from .planner import all_best_routes
 
-        return all_best_routes(self.G, sources, weight)
+        if self.calibration is None or not (isinstance(weight, str) and weight == "cost"):
+            out = all_best_routes(self.G, sources, weight)
+            if self.calibration is not None:
+                out = {p: self.calibration.annotate(self, r) for p, r in out.items()}
+            return out
+        srcs = list(self.G.nodes) if sources is None else list(sources)
+        self._check_node(*srcs)
+        out = {}
+        for s in srcs:
+            for d in nx.descendants(self.G, s):
+                out[(s, d)] = self.route(s, d)
+        return out
 
     def as_route(self, route) -> Route:
         """``route`` as a :class:`Route`: a Route as it is; a list of nodes joined by edges,
@@ -597,7 +660,10 @@ class ModalityGraph:
         if len(nodes) == 2 and not self.G.has_edge(*nodes) and nodes[0] != nodes[1]:
             return self.route(*nodes)
         cost, costs = route_cost(self.G, nodes)
-        return Route(nodes, cost, costs)
+        r = Route(nodes, cost, costs)
+        if self.calibration is not None:
+            r = self.calibration.annotate(self, r, as_cost=True)
+        return r
 
     def translate(self, x, route, k: int = 1, combine: str = "mean", out=None,
                   chunk_size: int | None = None) -> np.ndarray:
@@ -676,6 +742,7 @@ class ModalityGraph:
                     f"up to {float(np.abs(y).max()):.6g}, over the float16 limit "
                     f"{f16_max:.0f}; pass a float32 'out'")
             out[s:e] = y
+            release_rows(out, s, e)  # written pages of a memory-mapped out leave the RSS
         return out
 
     def _run_route(self, x32: np.ndarray, r: Route) -> np.ndarray:
@@ -753,12 +820,16 @@ class ModalityGraph:
         return reconstruction_loss(x, self.translate(x, walk))
 
     def summary(self) -> dict:
-        """Nodes with their attributes and edges with their metrics and costs (JSON-ready)."""
-        return {
+        """Nodes with their attributes and edges with their metrics and costs (JSON-ready);
+        on a calibrated graph also ``calibration`` (its fitted figures)."""
+        out = {
             "nodes": [{"name": n, **_node_attrs(d)} for n, d in self.G.nodes(data=True)],
             "edges": [{"src": u, "dst": v, "kind": d["kind"], "cost": d["cost"],
                        "metrics": d["metrics"]} for u, v, d in self.G.edges(data=True)],
         }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.summary()
+        return out
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, caches: str = "auto", overwrite: bool = False) -> Path:
