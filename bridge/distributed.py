@@ -266,9 +266,7 @@ def train_edge(src, dst, out, val_fraction: float = 0.1, test_fraction: float = 
     import torch.distributed as dist
 
     from .chunks import RowView
-    from .graph import ModalityGraph, pair_components
-    from .metrics import paired_retrieval
-    from .planner import wilson_lower_bound
+    from .graph import ModalityGraph, held_out_metrics, pair_components
     from .store import load_cache
     from .translators import make_translator
 
@@ -292,16 +290,7 @@ def train_edge(src, dst, out, val_fraction: float = 0.1, test_fraction: float = 
     F = fit_distributed(T, RowView(cs.emb, P.a_rows[tr]), RowView(cd.emb, P.b_rows[tr]),
                         cs.vectors(P.a_rows[va]), cd.vectors(P.b_rows[va]),
                         labels=labels[tr], labels_val=labels[va], device=device)
-    metrics = {"n_train": int(tr.size)}
-    for key in ("val", "test"):
-        rows = idx[key]
-        if rows.size == 0:
-            continue
-        m = paired_retrieval(F.transform(cs.vectors(P.a_rows[rows])),
-                             cd.vectors(P.b_rows[rows]), labels[rows])
-        metrics.update({f"{key}_R@1": m["R@1"],
-                        f"{key}_R@1_lcb": wilson_lower_bound(m["R@1"], rows.size),
-                        f"{key}_cos": m["cos"], f"n_{key}": int(rows.size)})
+    metrics = held_out_metrics(F, cs, cd, P.a_rows, P.b_rows, idx, labels)
     F.fit_report_["edge_metrics"] = metrics
     F.fit_report_["split"] = {"fractions": list(fractions), "seed": seed,
                               **{f"n_{k}": int(v.size) for k, v in idx.items()}}

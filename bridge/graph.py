@@ -463,21 +463,8 @@ class ModalityGraph:
                           "edge's cost discounts", SmallSampleWarning, stacklevel=3)
 
     def _edge_metrics(self, T, Q: Pairs, idx, labels, src, dst) -> dict:
-        from .metrics import paired_retrieval
-
-        cs, cd = self.cache(src), self.cache(dst)
-        out = {"n_train": int(idx["train"].size)}
-        for key in ("val", "test"):
-            rows = idx[key]
-            if rows.size == 0:
-                continue
-            m = paired_retrieval(T.transform(cs.vectors(Q.a_rows[rows])),
-                                 cd.vectors(Q.b_rows[rows]), labels[rows])
-            out[f"{key}_R@1"] = m["R@1"]
-            out[f"{key}_R@1_lcb"] = wilson_lower_bound(m["R@1"], rows.size)
-            out[f"{key}_cos"] = m["cos"]
-            out[f"n_{key}"] = int(rows.size)
-        return out
+        return held_out_metrics(T, self.cache(src), self.cache(dst), Q.a_rows, Q.b_rows, idx,
+                                labels)
 
     def add_edge(self, a: str, b: str, translator, metrics: dict | None = None) -> None:
         """Put an already fitted translator on edge ``a -> b``."""
@@ -837,6 +824,28 @@ class ModalityGraph:
         from .graph_io import save_graph
 
         return save_graph(self, path, caches=caches, overwrite=overwrite)
+
+
+
+def held_out_metrics(T, src: Cache, dst: Cache, src_rows, dst_rows, idx, labels) -> dict:
+    """The held-out metrics an edge records (:meth:`ModalityGraph.connect`): for the val
+    and test parts of ``idx`` (indices into the pairs ``src_rows[i] -> dst_rows[i]``), R@1
+    of ``T``'s translations, its Wilson lower bound, cosine and the number of pairs, plus
+    ``n_train``."""
+    from .metrics import paired_retrieval
+
+    out = {"n_train": int(idx["train"].size)}
+    for key in ("val", "test"):
+        rows = idx[key]
+        if rows.size == 0:
+            continue
+        m = paired_retrieval(T.transform(src.vectors(src_rows[rows])),
+                             dst.vectors(dst_rows[rows]), labels[rows])
+        out[f"{key}_R@1"] = m["R@1"]
+        out[f"{key}_R@1_lcb"] = wilson_lower_bound(m["R@1"], rows.size)
+        out[f"{key}_cos"] = m["cos"]
+        out[f"n_{key}"] = int(rows.size)
+    return out
 
 
 def _check_rows(rows, n: int, node: str) -> np.ndarray:

@@ -543,22 +543,10 @@ def _val_sets(graph, linked) -> dict:
 
 def _measure(graph, e: _EdgePairs, src: str, dst: str, T) -> dict:
     """The held-out metrics :meth:`ModalityGraph.connect` records for an edge."""
-    from .metrics import paired_retrieval
-    from .planner import wilson_lower_bound
+    from .graph import held_out_metrics
 
     sr, dr = e.oriented(src)
-    out = {"n_train": int(e.idx["train"].size)}
-    for key in ("val", "test"):
-        rows = e.idx[key]
-        if rows.size == 0:
-            continue
-        m = paired_retrieval(T.transform(graph.cache(src).vectors(sr[rows])),
-                             graph.cache(dst).vectors(dr[rows]), e.labels[rows])
-        out[f"{key}_R@1"] = m["R@1"]
-        out[f"{key}_R@1_lcb"] = wilson_lower_bound(m["R@1"], rows.size)
-        out[f"{key}_cos"] = m["cos"]
-        out[f"n_{key}"] = int(rows.size)
-    return out
+    return held_out_metrics(T, graph.cache(src), graph.cache(dst), sr, dr, e.idx, e.labels)
 
 
 def _replace_edges(graph, linked, translators: dict):
