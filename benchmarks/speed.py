@@ -564,7 +564,7 @@ def bench_ann(torch, cfg, log, out, device=None):
 def bench_ann_one(torch, cfg, log, kind, device=None):
     import faiss
 
-    from bridge.retrieval import build_index, exact_search, faiss_has_gpu, index_search
+    from bridge.retrieval import build_index, exact_search, faiss_has_gpu, index_search, set_search
 
     n, d, nq = cfg["ann_rows"], 384, cfg["ann_queries"]
     tag = f"ann_{kind}"
@@ -640,6 +640,19 @@ def bench_ann_one(torch, cfg, log, kind, device=None):
                           lambda ix, v: setattr(ix, "nprobe", int(v)))
     res["ivf"].update({"sweep": pts, "chosen": best})
     ivf_best = best
+    del index
+    gc.collect()
+    pq_nlist = cfg["pq_nlist"]
+    with Step(log, f"{tag}_ivfpq_build"):
+        index = build_index(G, "ivfpq", nlist=pq_nlist, refine=cfg["pq_refine"], normalized=True)
+    res["ivfpq"] = {"nlist": pq_nlist, "pq_m": int(faiss.downcast_index(index.base_index).pq.M),
+                    "bits": 4, "refine": cfg["pq_refine"],
+                    "build_s": log[f"{tag}_ivfpq_build"]["seconds"],
+                    "build_peak_rss_mb": log[f"{tag}_ivfpq_build"]["peak_rss_mb"]}
+    with Step(log, f"{tag}_ivfpq_search"):
+        pts, best = sweep(index, "nprobe", cfg["pq_nprobe_values"],
+                          lambda ix, v: set_search(ix, nprobe=int(v)))
+    res["ivfpq"].update({"sweep": pts, "chosen": best})
     del index
     gc.collect()
     res["sharded"] = bench_sharded(cfg, log, tag, G, Q, truth, truth_s, flat_time, recall,
@@ -831,6 +844,11 @@ def _ann_lines(ann) -> list[str]:
             rows.append([f"ivf nlist={a['ivf']['nlist']} nprobe={pt['nprobe']}",
                          _f(a["ivf"]["build_s"], 1), _f(pt["seconds"], 3),
                          _f(pt["recall@10"], 3), _f(pt["speedup_vs_flat"], 1)])
+        pq = a.get("ivfpq")
+        for pt in (pq or {}).get("sweep", []):
+            rows.append([f"ivfpq nlist={pq['nlist']} pq={pq['pq_m']}x4 refine={pq['refine']} "
+                         f"nprobe={pt['nprobe']}", _f(pq["build_s"], 1), _f(pt["seconds"], 3),
+                         _f(pt["recall@10"], 3), _f(pt["speedup_vs_flat"], 1)])
         for r in a.get("sharded", []):
             rows.append([f"{r['shards']} shards {r['kind']}", _f(r["build_s"], 1),
                          _f(r["seconds"], 3), _f(r["recall@10"], 3),
@@ -856,12 +874,14 @@ def config(quick: bool) -> dict:
         return {"dims": [384, 1024], "pairs": 8000, "epochs": 1, "batch": 512, "width": 1024,
                 "exact": [(1000, 29000, 384)], "ann_rows": 100_000, "ann_queries": 500,
                 **common_ann, "ef_values": [32, 64, 128], "nlist": 256,
-                "nprobe_values": [8, 16, 32], "translate_rows": 20000, "route_nodes": 200,
+                "nprobe_values": [8, 16, 32], "pq_nlist": 256, "pq_nprobe_values": [16, 32, 64],
+                "pq_refine": 8, "translate_rows": 20000, "route_nodes": 200,
                 "route_degree": 4, "route_budget_s": 10.0}
     return {"dims": [384, 1024], "pairs": 50_000, "epochs": 1, "batch": 512, "width": 1024,
             "exact": [(1000, 29000, 384), (10000, 100000, 384)], "ann_rows": 1_000_000,
             "ann_queries": 1000, **common_ann, "ef_values": [16, 32, 64, 128, 256, 512],
-            "nlist": 1024, "nprobe_values": [4, 8, 16, 32, 64], "translate_rows": 50_000,
+            "nlist": 1024, "nprobe_values": [4, 8, 16, 32, 64], "pq_nlist": 2048,
+            "pq_nprobe_values": [64, 128, 256, 384], "pq_refine": 8, "translate_rows": 50_000,
             "route_nodes": 200, "route_degree": 4, "route_budget_s": 30.0}
 
 

@@ -32,10 +32,10 @@ _LAZY = {
 }
 
 #: every module and package of ``bridge``, importable as an attribute (``bridge.plots``)
-_SUBMODULES = {"calibration", "chunks", "cli", "datasets", "demo", "distributed", "encoders",
+_SUBMODULES = {"borrow", "calibration", "chunks", "cli", "datasets", "demo", "distributed", "encoders",
                "errors", "evaluate", "files", "formats", "fusion", "gap", "graph", "graph_io",
                "hubness", "losses", "metrics", "params", "planner", "plots", "retrieval",
-               "sharded", "spec", "store", "sync", "training", "translators"}
+               "sharded", "spec", "store", "suggest", "sync", "training", "translators"}
 
 from .errors import *  # noqa: E402,F401,F403  (light: no imports beyond the stdlib)
 from .errors import __all__ as _errors_all  # noqa: E402

@@ -319,7 +319,8 @@ class ModalityGraph:
     def connect(self, a: str, b: str, translator="mlp", loss: str | None = None,
                 directions: str = "both", pairs=None, splits: dict | None = None,
                 cycle_weight: float = 0.0, post: str | None = None, node_center: bool = False,
-                **fit_options) -> dict:
+                prior=None, prior_weight="auto", prior_rows: int | None = None,
+                prior_mode: str = "start", **fit_options) -> dict:
         """Train translator edge(s) between existing nodes ``a`` and ``b``.
 
         ``translator`` is a kind (``"linear"``, ``"procrustes"``, ``"mlp"``,
@@ -339,6 +340,17 @@ class ModalityGraph:
         node's mean is removed before the translator and the target node's added after
         it, so rows of another node reaching the edge through centred identity edges
         arrive centred by their own node's mean.
+
+        ``prior="route"`` (or a route: a :class:`~bridge.planner.Route` or list of nodes)
+        trains a weak edge with the graph's help (:mod:`bridge.borrow`): the source node's
+        training rows translated along the cheapest other route between the two nodes join
+        the real pairs as pseudo pairs, weighted ``prior_weight`` times the real pairs
+        (``"auto"``: picked on validation R@1 from :data:`bridge.borrow.PRIOR_WEIGHTS`, 0
+        included); ``prior_rows`` caps the rows translated (default
+        :data:`bridge.borrow.PRIOR_ROWS`). Ridge and Procrustes edges are fitted on the
+        weighted pairs; an MLP starts its linear path from that fit and trains on the real
+        pairs (``prior_mode="start"``) or on the real pairs plus the pseudo pairs
+        (``"mix"``). Each direction borrows from its own route.
 
         Pairs are split by ``splits`` or else the graph's rule. A split with fewer than
         ``min_train`` training or ``min_val`` validation pairs (graph settings, 2 and 5 by
@@ -385,6 +397,23 @@ class ModalityGraph:
             raise InvalidParameter(f"node_center=True cannot be combined with cycle_weight="
                                    f"{cycle_weight!r} (both directions trained together); train "
                                    "the directions separately or leave node_center=False")
+        borrow = {}
+        if prior is not None:
+            from .borrow import PRIOR_ROWS, check_prior, prior_route, prior_rows as held_rows
+
+            prior_rows = PRIOR_ROWS if prior_rows is None else prior_rows
+            check_prior(prior, prior_weight, prior_rows, prior_mode, kind)
+            if cycle_weight > 0 or node_center:
+                raise InvalidParameter("prior= cannot be combined with cycle_weight > 0 or "
+                                       "node_center=True")
+            held = np.concatenate([idx["val"], idx["test"]])
+            for src, dst, Q in todo:  # every route and row set checked before any training
+                given = prior
+                if not isinstance(prior, str) and (src, dst) != (a, b):
+                    given = tuple(reversed(prior.nodes if isinstance(prior, Route) else prior))
+                r = prior_route(self, src, dst, given)
+                rows = held_rows(self, src, Q.a_rows[held], prior_rows, self.seed)
+                borrow[(src, dst)] = (r, rows)
         if directions == "both" and cycle_weight > 0:
             if kind != "mlp":
                 raise InvalidParameter(f"cycle_weight={cycle_weight!r} needs translator='mlp' (both "
@@ -406,6 +435,20 @@ class ModalityGraph:
                 tr, va = idx["train"], idx["val"]
                 # kinds fitted from streamed moments read the training rows block by block
                 train_rows = _lazy_rows if T.streams else _rows
+                if (src, dst) in borrow:
+                    from .borrow import fit_with_prior
+
+                    r, rows = borrow[(src, dst)]
+                    Xu = cs.vectors(rows)
+                    with progress_desc(f"{src} -> {dst}"):
+                        T, _ = fit_with_prior(
+                            T, cs.vectors(Q.a_rows[tr]), cd.vectors(Q.b_rows[tr]),
+                            cs.vectors(Q.a_rows[va]), cd.vectors(Q.b_rows[va]),
+                            labels[tr], labels[va], Xu, self.translate(Xu, r),
+                            weight=prior_weight, mode=prior_mode, seed=self.seed)
+                    T.fit_report_["prior"]["route"] = list(r.nodes)
+                    fitted[(src, dst)] = (T, Q)
+                    continue
                 with progress_desc(f"{src} -> {dst}"):  # names the training progress bar
                     T.fit(train_rows(cs, Q.a_rows[tr]), train_rows(cd, Q.b_rows[tr]),
                           cs.vectors(Q.a_rows[va]), cd.vectors(Q.b_rows[va]),
@@ -593,6 +636,14 @@ class ModalityGraph:
 
         return synchronize(self, method, **options)
 
+    def suggest(self, routes=None, **options) -> list:
+        """Where new paired data would help the ``routes`` a user cares about most: node
+        pairs for a new direct edge, or existing edges for more pairs, ranked by the gain
+        in predicted R@1 (:func:`bridge.suggest.suggest`)."""
+        from .suggest import suggest
+
+        return suggest(self, routes, **options)
+
     def route(self, src: str, dst: str, k: int = 1, weight="cost", gallery: int | None = None):
         """The best route (``k=1``), or a list of the ``k`` best, best first.
 
@@ -742,7 +793,13 @@ class ModalityGraph:
     # ------------------------------------------------------------------ evaluation
     def test_rows(self, name: str) -> np.ndarray:
         """Rows of a node whose group falls in the test split (the graph's split rule)."""
-        return self._split_groups(self.cache(name).group_of_rows(), self.splits)["test"]
+        return self.split_rows(name)["test"]
+
+    def split_rows(self, name: str, splits=None) -> dict[str, np.ndarray]:
+        """``{"train", "val", "test"}`` -> rows of node ``name`` whose group falls in that
+        split (by ``splits``, default the graph's rule; see :meth:`split`)."""
+        rule = self.splits if splits is None else _check_rule(splits)
+        return self._split_groups(self.cache(name).group_of_rows(), rule)
 
     def walk(self, nodes: Sequence[str], rows=None) -> dict:
         """Run rows of ``nodes[0]`` along the walk ``nodes`` and score every step.

@@ -78,8 +78,9 @@ __all__ = [
     "ranks_from_lists",
 ]
 
-INDEX_KINDS = ("flat", "hnsw", "ivf")
-INDEX_OPTIONS = ("hnsw_m", "ef_search", "ef_construction", "nlist", "nprobe", "seed")
+INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+INDEX_OPTIONS = ("hnsw_m", "ef_search", "ef_construction", "nlist", "nprobe", "seed", "pq_m",
+                 "refine")
 
 
 # -- argument checks (before any Faiss call: a bad value is an error naming it, never a
@@ -114,10 +115,11 @@ def _check_kind(kind) -> str:
     return kind
 
 
-def check_index_options(kind, opts: dict, n: int | None = None) -> None:
+def check_index_options(kind, opts: dict, n: int | None = None, d: int | None = None) -> None:
     """Check index options for :func:`build_index` of ``kind``: every name one of
-    :data:`INDEX_OPTIONS`, of the right type and range (``nlist`` at most ``n`` rows);
-    else :class:`~bridge.errors.InvalidParameter` naming the option."""
+    :data:`INDEX_OPTIONS`, of the right type and range (``nlist`` at most ``n`` rows,
+    ``pq_m`` a divisor of the dimension ``d``); else
+    :class:`~bridge.errors.InvalidParameter` naming the option."""
     _check_kind(kind)
     bad = [k for k in opts if k not in INDEX_OPTIONS]
     if bad:
@@ -135,10 +137,17 @@ def check_index_options(kind, opts: dict, n: int | None = None) -> None:
         check_k(opts["seed"], "seed", low=0)
     if opts.get("nlist") is not None:
         check_k(opts["nlist"], "nlist")
-        if kind == "ivf" and n is not None and opts["nlist"] > n:
+        if kind in ("ivf", "ivfpq") and n is not None and opts["nlist"] > n:
             raise InvalidParameter(
                 f"parameter 'nlist' must be at most the number of gallery rows ({n}) for an "
-                f"ivf index, got {opts['nlist']}")
+                f"{kind} index, got {opts['nlist']}")
+    if opts.get("pq_m") is not None:
+        check_k(opts["pq_m"], "pq_m")
+        if d is not None and d % int(opts["pq_m"]):
+            raise InvalidParameter(f"parameter 'pq_m' (sub-quantizers) must divide the "
+                                   f"dimension {d}, got {opts['pq_m']}")
+    if "refine" in opts:
+        check_k(opts["refine"], "refine")
 
 
 def l2_normalize(x, name: str = "embeddings", check: bool = True, *,
@@ -209,13 +218,20 @@ def faiss_has_gpu() -> bool:
 
 def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int = 128,
                 ef_construction: int = 40, nlist: int | None = None, nprobe: int = 16,
-                seed: int = 0, normalized: bool = False, device=None):
+                seed: int = 0, pq_m: int | None = None, refine: int = 8,
+                normalized: bool = False, device=None):
     """A Faiss inner-product index over the (normalised) gallery rows.
 
     ``flat``: exact. ``hnsw``: graph index (``hnsw_m`` links a node, ``ef_search`` search
     breadth, ``ef_construction`` build breadth: raise it for recall on large galleries, at
     a longer build). ``ivf``: inverted lists over ``nlist`` k-means cells (default ``4 * sqrt(n)``),
-    searching ``nprobe`` of them.
+    searching ``nprobe`` of them. ``ivfpq``: the same cells holding 4-bit product-quantised
+    codes (``pq_m`` sub-quantizers, default ``d / 2``: 2 bits a dimension; Faiss's
+    SIMD "fast scan" lists), whose ``refine * k`` best candidates are then re-scored
+    exactly on the stored float32 rows (``faiss.IndexRefineFlat``): the codes only choose
+    candidates, so scores and order are exact ones, and recall is limited by the cells
+    probed (``nprobe``) far more than by the codes. It keeps the float32 rows plus
+    ``d / 4`` bytes a row of codes.
 
     ``device`` (see :func:`resolve_device`): a CUDA device moves a flat or ivf index onto
     that GPU (``faiss.StandardGpuResources``, ``faiss.index_cpu_to_gpu``); this needs a
@@ -229,10 +245,11 @@ def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int
     _check_kind(kind)
     dev = resolve_device(device)
     if dev is not None and dev.type == "cuda":
-        if kind == "hnsw":
-            raise InvalidParameter(f"kind 'hnsw' cannot run on device {device!r}: Faiss has "
-                                   f"no GPU HNSW index; use kind='ivf' or 'flat' on the GPU, "
-                                   f"or device=None")
+        if kind in ("hnsw", "ivfpq"):
+            raise InvalidParameter(f"kind {kind!r} cannot run on device {device!r}: Faiss has "
+                                   f"no GPU {'HNSW' if kind == 'hnsw' else 'fast-scan PQ'} "
+                                   f"index; use kind='ivf' or 'flat' on the GPU, or "
+                                   f"device=None")
         if not faiss_has_gpu():
             raise InvalidParameter(f"a {kind} index on device {device!r} needs Faiss with GPU "
                                    f"support (faiss-gpu), but the installed faiss has none; "
@@ -242,7 +259,8 @@ def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int
     n, d = g.shape
     check_index_options(kind, {"hnsw_m": hnsw_m, "ef_search": ef_search,
                                "ef_construction": ef_construction, "nlist": nlist,
-                               "nprobe": nprobe, "seed": seed}, n)
+                               "nprobe": nprobe, "seed": seed, "refine": refine,
+                               **({} if kind != "ivfpq" else {"pq_m": pq_m})}, n, d)
     import faiss
 
     if kind == "flat":
@@ -251,19 +269,76 @@ def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int
         index = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(ef_construction)
         index.hnsw.efSearch = int(ef_search)
-    else:
+    elif kind == "ivf":
         cells = int(nlist or max(1, min(n // 39, int(4 * math.sqrt(n)))))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, cells, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = int(seed)
         index.train(g)
         index.nprobe = int(min(nprobe, cells))
+    else:
+        cells = int(nlist or max(1, min(n // 39, int(4 * math.sqrt(n)))))
+        m = int(pq_m) if pq_m is not None else _default_pq_m(d)
+        quantizer = faiss.IndexFlatIP(d)
+        base = faiss.IndexIVFPQFastScan(quantizer, d, cells, m, 4, faiss.METRIC_INNER_PRODUCT)
+        base.cp.seed = int(seed)
+        base.train(g)
+        base.nprobe = int(min(nprobe, cells))
+        index = faiss.IndexRefineFlat(base)
+        index.k_factor = float(refine)
+        index.referenced_objects = [base, quantizer]  # kept alive with the index
     index.add(g)
     if dev is not None and dev.type == "cuda":
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, dev.index or 0, index)
         index.referenced_objects = [res]  # the resources live as long as the index
     return index
+
+
+def _default_pq_m(d: int) -> int:
+    """Sub-quantizers of an ``ivfpq`` index: the largest divisor of ``d`` up to ``d / 2``."""
+    return max(m for m in range(1, max(1, d // 2) + 1) if d % m == 0)
+
+
+def set_search(index, *, ef_search: int | None = None, nprobe: int | None = None,
+               refine: int | None = None):
+    """Set the search breadth of a Faiss index of :func:`build_index`: ``ef_search``
+    (hnsw), ``nprobe`` (ivf, ivfpq; at most the cell count), ``refine`` (ivfpq: candidates
+    re-scored exactly, per result). An option the index kind has not raises
+    :class:`~bridge.errors.InvalidParameter`. Returns the index."""
+    import faiss
+
+    kind = index_kind(index)
+    for name, value, kinds in (("ef_search", ef_search, ("hnsw",)),
+                               ("nprobe", nprobe, ("ivf", "ivfpq")),
+                               ("refine", refine, ("ivfpq",))):
+        if value is None:
+            continue
+        check_k(value, name)
+        if kind not in kinds:
+            raise InvalidParameter(f"{name} applies to {' and '.join(kinds)} indexes, this one "
+                                   f"is {kind}")
+        if name == "ef_search":
+            index.hnsw.efSearch = int(value)
+        elif name == "nprobe":
+            ivf = faiss.extract_index_ivf(index)
+            ivf.nprobe = int(min(value, ivf.nlist))
+        else:
+            index.k_factor = float(value)
+    return index
+
+
+def index_kind(index) -> str:
+    """The :data:`INDEX_KINDS` name of a Faiss index that :func:`build_index` made."""
+    import faiss
+
+    if isinstance(index, faiss.IndexRefineFlat):
+        return "ivfpq"
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(index, faiss.IndexIVF):
+        return "ivf"
+    return "flat"
 
 
 def order_hits(scores: np.ndarray, rows: np.ndarray):

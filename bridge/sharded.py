@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import DimensionMismatch, EmptyData, InvalidParameter
 from .retrieval import build_index, check_index_options, check_k, index_search, normalize, \
-    order_hits
+    order_hits, set_search
 
 __all__ = ["shard_bounds", "merge_topk", "ShardedIndex", "build_sharded", "distributed_search"]
 
@@ -116,20 +116,12 @@ class ShardedIndex:
     def n_shards(self) -> int:
         return len(self.shards)
 
-    def set_search(self, *, ef_search: int | None = None, nprobe: int | None = None):
-        """Set the search breadth of every shard: ``ef_search`` (hnsw), ``nprobe`` (ivf)."""
-        if ef_search is not None:
-            check_k(ef_search, "ef_search")
-            if self.kind != "hnsw":
-                raise InvalidParameter(f"ef_search applies to hnsw shards, these are {self.kind}")
-            for ix in self.shards:
-                ix.hnsw.efSearch = int(ef_search)
-        if nprobe is not None:
-            check_k(nprobe, "nprobe")
-            if self.kind != "ivf":
-                raise InvalidParameter(f"nprobe applies to ivf shards, these are {self.kind}")
-            for ix in self.shards:
-                ix.nprobe = int(min(nprobe, ix.nlist))
+    def set_search(self, *, ef_search: int | None = None, nprobe: int | None = None,
+                   refine: int | None = None):
+        """Set the search breadth of every shard: ``ef_search`` (hnsw), ``nprobe`` (ivf,
+        ivfpq), ``refine`` (ivfpq); see :func:`bridge.retrieval.set_search`."""
+        for ix in self.shards:
+            set_search(ix, ef_search=ef_search, nprobe=nprobe, refine=refine)
         return self
 
     def search(self, queries, k: int = 10, normalized: bool = False):

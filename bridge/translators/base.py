@@ -123,11 +123,42 @@ class Translator(BaseEstimator):
         self.in_dim_ = int(X.shape[1])
         self.out_dim_ = int(Y.shape[1])
         report = self._fit(X, Y, X_val, Y_val, labels, labels_val) or {}
+        return self._finish_fit(report, t0, int(X.shape[0]), X_val, Y_val, labels_val)
+
+    def fit_moments(self, moments, X_val=None, Y_val=None, labels_val=None):
+        """Fit a closed-form kind (ridge, Procrustes) from accumulated pair moments
+        (:class:`~bridge.translators.functional.PairMoments`, weighted ones included:
+        :meth:`~bridge.translators.functional.PairMoments.plus`) instead of rows;
+        validation rows, when given, pick ``alpha="auto"`` and are scored as in :meth:`fit`.
+        Other kinds raise :class:`~bridge.errors.InvalidParameter`."""
+        from .functional import PairMoments
+
+        if not hasattr(self, "_fit_moments"):
+            raise InvalidParameter(f"{type(self).__name__} (kind {self.kind!r}) is not fitted "
+                                   "from pair moments; only closed-form kinds (linear, "
+                                   "procrustes) are")
+        if not isinstance(moments, PairMoments) or not moments.n > 0:
+            raise InvalidParameter(f"moments must be PairMoments of at least one row, got "
+                                   f"{type(moments).__name__}")
+        t0 = time.perf_counter()
+        self._validate_params()
+        dx, dy = int(moments.cx.size), int(moments.cy.size)
+        if X_val is not None:
+            X_val, Y_val = self._check_pair(X_val, Y_val, "X_val", "Y_val")
+            if X_val.shape[1] != dx or Y_val.shape[1] != dy:
+                raise DimensionMismatch(
+                    f"validation dims ({X_val.shape[1]}, {Y_val.shape[1]}) differ from the "
+                    f"moments' dims ({dx}, {dy})")
+        self.in_dim_, self.out_dim_ = dx, dy
+        report = self._fit_moments(moments, X_val, Y_val, labels_val) or {}
+        return self._finish_fit(report, t0, moments.n, X_val, Y_val, labels_val)
+
+    def _finish_fit(self, report, t0, n_train, X_val, Y_val, labels_val):
         if X_val is not None and "val_R@1" not in report:
             m = paired_retrieval(self.transform(X_val), Y_val, labels_val)
             report.update({"val_R@1": m["R@1"], "val_cos": m["cos"]})
         report["seconds"] = time.perf_counter() - t0
-        report["n_train"] = int(X.shape[0])
+        report["n_train"] = int(n_train) if float(n_train).is_integer() else float(n_train)
         self.fit_report_ = report
         return self
 

@@ -54,6 +54,23 @@ class PairMoments:
         self.qx += float(np.einsum("ij,ij->", A, A))
         self.qy += float(np.einsum("ij,ij->", B, B))
 
+    def plus(self, other: "PairMoments", weight: float = 1.0) -> "PairMoments":
+        """New moments of these rows and ``other``'s, each of ``other``'s rows counting
+        ``weight`` times (a weighted least-squares or Procrustes fit: ``n`` becomes the
+        total weight). ``other`` must share this shift and dimensions."""
+        if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        if other.cx.shape != self.cx.shape or other.cy.shape != self.cy.shape \
+                or not (np.array_equal(other.cx, self.cx) and np.array_equal(other.cy, self.cy)):
+            raise ValueError("moments to add must share their shift and dimensions")
+        out = PairMoments(self.cx, self.cy)
+        w = float(weight)
+        out.n = self.n + w * other.n
+        out.Sx, out.Sy = self.Sx + w * other.Sx, self.Sy + w * other.Sy
+        out.Pxx, out.Pxy = self.Pxx + w * other.Pxx, self.Pxy + w * other.Pxy
+        out.qx, out.qy = self.qx + w * other.qx, self.qy + w * other.qy
+        return out
+
     def means(self) -> tuple[np.ndarray, np.ndarray]:
         return self.cx + self.Sx / self.n, self.cy + self.Sy / self.n
 
@@ -80,12 +97,15 @@ class PairMoments:
                 self.qy + 2 * float(cy @ Sy) + n * float(cy @ cy))
 
 
-def pair_moments(X, Y, block: int = MOMENT_BLOCK, names=("X", "Y")) -> PairMoments:
+def pair_moments(X, Y, block: int = MOMENT_BLOCK, names=("X", "Y"),
+                 shift=None) -> PairMoments:
     """The moments of paired rows, read ``block`` rows at a time (see the module doc).
 
     Rows not already validated in memory (a memory map or a lazy view) are checked for
     NaN/inf block by block in the same pass, naming the row in the whole array
-    (:class:`~bridge.errors.InvalidEmbeddings`)."""
+    (:class:`~bridge.errors.InvalidEmbeddings`). ``shift`` ``(cx, cy)`` sets the origin the
+    sums are taken about (default: the first block's means); moments to be added with
+    :meth:`PairMoments.plus` need the same one."""
     from ..chunks import lazy, read_rows
     from ..store import check_finite_rows
 
@@ -103,7 +123,7 @@ def pair_moments(X, Y, block: int = MOMENT_BLOCK, names=("X", "Y")) -> PairMomen
         return out
 
     x0, y0 = rows(0)
-    m = PairMoments(x0.mean(0), y0.mean(0))
+    m = PairMoments(x0.mean(0), y0.mean(0)) if shift is None else PairMoments(*shift)
     m.add(x0, y0)
     for lo in range(block, n, block):
         m.add(*rows(lo))

@@ -45,9 +45,17 @@ class LinearTranslator(Translator):
         self.fit_intercept = fit_intercept
 
     def _fit(self, X, Y, X_val, Y_val, labels, labels_val):
+        if self.alpha == "auto" and X_val is not None:
+            # one pass over the pairs serves every alpha
+            return self._fit_moments(pair_moments(X, Y), X_val, Y_val, labels_val)
+        alpha = 1.0 if self.alpha == "auto" else float(self.alpha)
+        self.W_, self.b_ = ridge_fit(X, Y, alpha, self.fit_intercept)
+        self.alpha_ = alpha
+        return {"alpha": self.alpha_}
+
+    def _fit_moments(self, moments, X_val, Y_val, labels_val):
         report = {}
         alpha = self.alpha
-        alpha_searched = alpha == "auto" and X_val is not None
         if alpha == "auto":
             if X_val is None:
                 alpha = 1.0
@@ -57,7 +65,6 @@ class LinearTranslator(Translator):
                     raise InvalidParameter(
                         f"ALPHA_GRID must hold finite non-negative penalties, got {ALPHA_GRID!r}")
                 scores = []
-                moments = pair_moments(X, Y)  # one pass over the pairs serves every alpha
                 for a in ALPHA_GRID:
                     W, b = ridge_fit(moments, None, a, self.fit_intercept)
                     m = paired_retrieval(affine_apply(X_val, W, b), Y_val, labels_val)
@@ -72,11 +79,15 @@ class LinearTranslator(Translator):
                                           "val_R@1": [r for r, _ in scores],
                                           "val_cos": [c for _, c in scores]}
                 alpha = ALPHA_GRID[i]
-        self.W_, self.b_ = ridge_fit(moments if alpha_searched else X, Y, float(alpha),
-                                     self.fit_intercept)
+        self.W_, self.b_ = ridge_fit(moments, None, float(alpha), self.fit_intercept)
         self.alpha_ = float(alpha)
         report["alpha"] = self.alpha_
         return report
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W, b)`` of the fitted map ``x W + b``."""
+        self.check_fitted()
+        return np.asarray(self.W_, np.float32), np.asarray(self.b_, np.float32)
 
     def _transform(self, X):
         return affine_apply(X, self.W_, self.b_)

@@ -188,11 +188,19 @@ class MLPTranslator(Translator):
             return MLPNet(in_dim, out_dim, self.width, self.depth, self.residual,
                           self.dropout, self.layer_norm, linear_skip=self.init is not None)
 
-    def init_network(self, X, Y) -> MLPNet:
-        """Build the network and set its linear path from the closed-form solution."""
+    def init_network(self, X, Y, start=None) -> MLPNet:
+        """Build the network and set its linear path from the closed-form solution, or from
+        ``start``: a fitted translator with an ``affine()`` map (ridge, Procrustes)."""
         self._validate_params()
         net = self.build(X.shape[1], Y.shape[1])
-        if self.init is not None:
+        if start is not None:
+            W, b = start.affine()
+            with torch.no_grad():
+                net.skip.weight.copy_(torch.as_tensor(np.ascontiguousarray(W.T)))
+                net.skip.bias.copy_(torch.as_tensor(b))
+                net.head.weight.zero_()
+                net.head.bias.zero_()
+        elif self.init is not None:
             if self.init == "lstsq":
                 W, b = ridge_fit(X, Y, self.alpha)
             else:
@@ -206,10 +214,34 @@ class MLPTranslator(Translator):
                 net.head.bias.zero_()
         return net
 
+    def fit_from(self, start, X, Y, X_val=None, Y_val=None, labels=None, labels_val=None):
+        """:meth:`fit`, with the linear path starting from ``start`` (a fitted ridge or
+        Procrustes translator from ``X``'s space to ``Y``'s, e.g. one fitted with the
+        graph's help, see :mod:`bridge.borrow`) instead of this translator's own ``init``,
+        which must not be None (the network needs its linear path)."""
+        if self.init is None:
+            raise InvalidParameter("fit_from needs a linear path: init='lstsq' or "
+                                   "'procrustes', got init=None")
+        if not callable(getattr(start, "affine", None)):
+            raise InvalidParameter(f"start must be a fitted ridge or Procrustes translator "
+                                   f"(with affine()), got {type(start).__name__}")
+        W, _ = start.affine()
+        X_dim, Y_dim = int(np.shape(X)[1]), int(np.shape(Y)[1])
+        if W.shape != (X_dim, Y_dim):
+            from ..errors import DimensionMismatch
+
+            raise DimensionMismatch(f"start maps {W.shape[0]} -> {W.shape[1]} dims; the rows "
+                                    f"are {X_dim} -> {Y_dim}")
+        self._start = start
+        try:
+            return self.fit(X, Y, X_val, Y_val, labels, labels_val)
+        finally:
+            del self._start
+
     def _fit(self, X, Y, X_val, Y_val, labels, labels_val):
         from ..training import train
 
-        self.net_ = self.init_network(X, Y)
+        self.net_ = self.init_network(X, Y, getattr(self, "_start", None))
         rep, _ = train(self.net_, X, Y, X_val, Y_val, labels=labels, labels_val=labels_val,
                        **self.train_options())
         self.net_.cpu().eval()

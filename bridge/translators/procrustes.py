@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Translator, register
-from .functional import affine_apply, procrustes_fit
+from .functional import affine_apply, procrustes_fit, procrustes_from_moments
 
 __all__ = ["ProcrustesTranslator"]
 
@@ -39,6 +39,18 @@ class ProcrustesTranslator(Translator):
     def _fit(self, X, Y, X_val, Y_val, labels, labels_val):
         self.R_, self.mx_, self.my_, self.s_ = procrustes_fit(X, Y, self.center, self.scale)
         return {"scale": self.s_}
+
+    def _fit_moments(self, moments, X_val, Y_val, labels_val):
+        self.R_, self.mx_, self.my_, self.s_ = procrustes_from_moments(moments, self.center,
+                                                                       self.scale)
+        return {"scale": self.s_}
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W, b)`` of the fitted map written as ``x W + b`` (``W = s R``)."""
+        self.check_fitted()
+        W = (self.s_ * np.asarray(self.R_, np.float64))
+        b = np.asarray(self.my_, np.float64) - np.asarray(self.mx_, np.float64) @ W
+        return W.astype(np.float32), b.astype(np.float32)
 
     def _transform(self, X):
         return affine_apply(X, self.R_, self.my_, self.mx_, self.s_)
