@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     args = ap.parse_args(argv)
-    started = time.time()
+    started = time.perf_counter()
     set_threads(args.threads)
     from bridge.evaluate import evaluate_route
 
