@@ -266,7 +266,10 @@ def fused_search(Q, G, k: int = 10, method: str = "zscore", weights=None,
                 pos = {int(x): j + 1 for j, x in enumerate(tops[r][i]) if x >= 0}
                 f += np.array([1.0 / (RRF_K + pos[x]) if x in pos else 0.0 for x in cand.tolist()])
             else:
-                s = (g[cand] @ q[i]).astype(np.float64)
+                # float64 products summed along each row: a row's score depends on the
+                # row only, so identical gallery rows tie (a BLAS product may round them
+                # apart by where they sit)
+                s = (g[cand].astype(np.float64) * q[i]).sum(axis=1)
                 mean, sd = moments[r](q[i:i + 1])
                 f += w[r] * (s - mean[0]) / sd[0]
         order = np.lexsort((cand, -f))[:k]

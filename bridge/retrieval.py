@@ -871,13 +871,18 @@ def _count_direct(Q, pq, pg, m, starts, blocks, grows, dim, device=None):
     g_sorted = pg[by_g]
     above = np.zeros(M, dtype=np.int64)
     Qd = None if device is None else _to_device(Q, device)
+    bufs: dict = {}  # score and mask blocks reused from block to block (no fresh pages)
     for gs, ge, G, gmax in blocks:
         delta = gamma * qn * (gmax + gmax_r) + 1e-300
         HI, LO = _f32_up(E + delta[:, None]), _f32_down(E - delta[:, None])
         if device is None:
-            S = Q @ G.T
+            w = ge - gs
+            if w not in bufs:
+                bufs[w] = (np.empty((b, w), np.float32), np.empty((b, w), bool))
+            S, mask = bufs[w]
+            np.matmul(Q, G.T, out=S)
             _mask_right(S, pq, pg, by_g, g_sorted, gs, ge)
-            counts = _counts_numpy(S, HI, LO, mmax)
+            counts = _counts_numpy(S, HI, LO, mmax, mask)
         else:
             S = Qd @ G.T
             _mask_right(S, pq, pg, by_g, g_sorted, gs, ge)
@@ -892,19 +897,31 @@ def _count_direct(Q, pq, pg, m, starts, blocks, grows, dim, device=None):
     return above
 
 
-def _counts_numpy(S, HI, LO, mmax):
+def _counts_numpy(S, HI, LO, mmax, out=None):
     """Per right-row column ``t``: wrong rows of the block surely above it (per query),
-    and the (query, row) pairs within the rounding bound, to be re-scored exactly."""
+    and the (query, row) pairs within the rounding bound, to be re-scored exactly.
+
+    One full pass per column: the rows at or above the band's lower edge are counted;
+    only the few queries with any (most right rows outrank the whole block) are compared
+    with the upper edge as well."""
+    empty = np.zeros(0, dtype=np.int64)
     for t in range(mmax):
-        A = S > HI[:, t:t + 1]
-        above_t = _row_counts(A)
-        B = S >= LO[:, t:t + 1]
-        near = np.flatnonzero(_row_counts(B) > above_t)
-        if near.size:
-            ii, jj = np.nonzero(B[near] & ~A[near])
+        B = np.greater_equal(S, LO[:, t:t + 1], out=out)  # ``out``: a bool block to reuse
+        above_t = _row_counts(B)
+        cand = np.flatnonzero(above_t)
+        if not cand.size:
+            yield above_t, empty, empty
+            continue
+        A = S[cand] > HI[cand, t:t + 1]
+        n_hi = _row_counts(A)
+        sel = above_t[cand] > n_hi
+        above_t[cand] = n_hi
+        if sel.any():
+            near = cand[sel]
+            ii, jj = np.nonzero(B[near] & ~A[sel])
             yield above_t, near[ii], jj
         else:
-            yield above_t, near, near
+            yield above_t, empty, empty
 
 
 def _counts_torch(S, HI, LO, mmax):
