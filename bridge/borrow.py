@@ -54,7 +54,7 @@ BORROWING_KINDS = ("linear", "procrustes", "mlp")
 
 def check_prior(prior, weight, rows, mode, kind) -> None:
     """Refuse bad ``prior`` options before anything is trained."""
-    if not (isinstance(prior, (str, Route)) or isinstance(prior, (list, tuple))):
+    if not isinstance(prior, (str, Route, list, tuple)):
         raise InvalidParameter(f"prior must be 'route', a Route or a list of nodes, got "
                                f"{type(prior).__name__}")
     if isinstance(prior, str) and prior != "route":

@@ -43,6 +43,7 @@ with the same tie rule, or searched in an index over the augmented gallery rows.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -269,24 +270,22 @@ def build_index(gallery, kind: str = "flat", *, hnsw_m: int = 32, ef_search: int
         index = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(ef_construction)
         index.hnsw.efSearch = int(ef_search)
-    elif kind == "ivf":
+    else:  # ivf, ivfpq: inverted lists over k-means cells
         cells = int(nlist or max(1, min(n // 39, int(4 * math.sqrt(n)))))
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, cells, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = int(seed)
-        index.train(g)
-        index.nprobe = int(min(nprobe, cells))
-    else:
-        cells = int(nlist or max(1, min(n // 39, int(4 * math.sqrt(n)))))
-        m = int(pq_m) if pq_m is not None else _default_pq_m(d)
-        quantizer = faiss.IndexFlatIP(d)
-        base = faiss.IndexIVFPQFastScan(quantizer, d, cells, m, 4, faiss.METRIC_INNER_PRODUCT)
+        if kind == "ivf":
+            base = index = faiss.IndexIVFFlat(quantizer, d, cells, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = int(pq_m) if pq_m is not None else _default_pq_m(d)
+            base = faiss.IndexIVFPQFastScan(quantizer, d, cells, m, 4,
+                                            faiss.METRIC_INNER_PRODUCT)
         base.cp.seed = int(seed)
         base.train(g)
         base.nprobe = int(min(nprobe, cells))
-        index = faiss.IndexRefineFlat(base)
-        index.k_factor = float(refine)
-        index.referenced_objects = [base, quantizer]  # kept alive with the index
+        if kind == "ivfpq":
+            index = faiss.IndexRefineFlat(base)
+            index.k_factor = float(refine)
+            index.referenced_objects = [base, quantizer]  # kept alive with the index
     index.add(g)
     if dev is not None and dev.type == "cuda":
         res = faiss.StandardGpuResources()
@@ -870,7 +869,7 @@ def _count_direct(Q, pq, pg, m, starts, blocks, grows, dim, device=None):
     by_g = np.argsort(pg, kind="stable")
     g_sorted = pg[by_g]
     above = np.zeros(M, dtype=np.int64)
-    Qd = None if device is None else _to_device(Q, device)
+    Qd = _to_device(Q, device) if device is not None else _cpu_tensor(Q)
     bufs: dict = {}  # score and mask blocks reused from block to block (no fresh pages)
     for gs, ge, G, gmax in blocks:
         delta = gamma * qn * (gmax + gmax_r) + 1e-300
@@ -881,7 +880,7 @@ def _count_direct(Q, pq, pg, m, starts, blocks, grows, dim, device=None):
                 St = _torch_block(b, w)
                 bufs[w] = (St, St.numpy(), np.empty((b, w), bool))
             St, S, mask = bufs[w]
-            _block_product(Q, G, St)  # S is St's memory
+            _block_product(Qd, G, St)  # S is St's memory
             _mask_right(S, pq, pg, by_g, g_sorted, gs, ge)
             counts = _counts_numpy(S, HI, LO, mmax, mask)
         else:
@@ -905,21 +904,25 @@ def _torch_block(b: int, w: int):
     return torch.empty((b, w), dtype=torch.float32)
 
 
-def _block_product(Q: np.ndarray, G: np.ndarray, out) -> None:
-    """``out = Q @ G.T`` (float32) by torch's CPU matmul, into the tensor ``out`` from
-    :func:`_torch_block`: faster than numpy's product on the machines measured, and any
-    float32 product meets the rounding bound the exact engine assumes. The rows are only
-    read, so read-only arrays (memory maps) are wrapped without a copy."""
-    import warnings
-
+def _cpu_tensor(x: np.ndarray):
+    """float32 rows as a CPU tensor sharing their memory. The rows are only read, so
+    read-only arrays (memory maps) are wrapped without a copy."""
     import torch
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*")
-        q = torch.from_numpy(np.ascontiguousarray(Q, dtype=np.float32))
-        g = torch.from_numpy(np.ascontiguousarray(G, dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _block_product(q, G: np.ndarray, out) -> None:
+    """``out = q @ G.T`` (float32) by torch's CPU matmul: ``q`` a tensor of
+    :func:`_cpu_tensor`, ``out`` one from :func:`_torch_block`. Faster than numpy's product
+    on the machines measured, and any float32 product meets the rounding bound the exact
+    engine assumes."""
+    import torch
+
     with torch.no_grad():
-        torch.mm(q, g.T, out=out)
+        torch.mm(q, _cpu_tensor(G).T, out=out)
 
 
 def _counts_numpy(S, HI, LO, mmax, out=None):

@@ -126,17 +126,22 @@ def _predict_all(graph, targets, gallery) -> dict:
     return {_key(s, d): predicted_r1(graph, s, d, gallery) for s, d in targets}
 
 
+def _train_subset(P: Pairs, idx: dict, size: int, seed: int) -> Pairs:
+    """``P`` with ``size`` of its training pairs (drawn with ``seed``) and every val and
+    test pair."""
+    tr = np.random.default_rng(seed).choice(idx["train"], size, replace=False)
+    keep = np.sort(np.concatenate([tr, idx["val"], idx["test"]]))
+    return Pairs(P.a_rows[keep], P.b_rows[keep], P.groups[keep])
+
+
 def _probe_edge(graph, a, b, translator, probe_rows, seed, fit_options):
     h = graph.copy()
     pairs = None
     if probe_rows is not None:
         P = graph.pairs(a, b)
         idx = graph.split(P)
-        tr = idx["train"]
-        if tr.size > probe_rows:
-            tr = np.random.default_rng(seed).choice(tr, probe_rows, replace=False)
-            keep = np.sort(np.concatenate([tr, idx["val"], idx["test"]]))
-            pairs = Pairs(P.a_rows[keep], P.b_rows[keep], P.groups[keep])
+        if idx["train"].size > probe_rows:
+            pairs = _train_subset(P, idx, probe_rows, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reports = h.connect(a, b, translator=translator, directions="both", pairs=pairs,
@@ -152,9 +157,7 @@ def _probe_more(graph, a, b, translator, more, seed, fit_options):
     if tr.size < 4:
         raise NoPairs(f"edge {a!r} -> {b!r} has {tr.size} training pairs; extrapolating "
                       "needs at least 4")
-    half = np.sort(np.random.default_rng(seed).choice(tr, tr.size // 2, replace=False))
-    keep = np.concatenate([half, idx["val"], idx["test"]])
-    sub = Pairs(P.a_rows[keep], P.b_rows[keep], P.groups[keep])
+    sub = _train_subset(P, idx, tr.size // 2, seed)
     fits = {}
     for name, pairs in (("half", sub), ("full", P)):
         h = graph.copy()
